@@ -1,0 +1,71 @@
+"""The Python API: train(), label(), evaluate(). The CLI is a thin layer over these."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .data.coco import load_boxes
+from .data.dataset import TrainCrops
+from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
+from .label import label  # noqa: F401  (re-exported)
+from .modeling.labeler import LabelerConfig, save_labeler
+from .runtime import resolve_precision
+from .train import MALModule, TrainConfig, module_kwargs
+
+log = logging.getLogger("mal")
+
+
+def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
+          labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
+          weights: str | Path | None = None, strict_weights: bool = True,
+          epochs: int = 10, max_steps: int = -1, batch_size: int = 16, min_area: float = 2048.0,
+          max_expand: float = 1.2, precision: str = "auto", accelerator: str = "auto",
+          devices: int | str = "auto", num_nodes: int = 1, num_workers: int = 1, seed: int = 0,
+          resume: bool = False, progress: bool = True) -> Path:
+    """Train a mask labeler on the boxes of a COCO file; returns the run directory.
+
+    The run directory gets Lightning checkpoints (``checkpoints/last.ckpt``, used by ``resume``),
+    and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
+    """
+    out = Path(out)
+    labeler = labeler or LabelerConfig()
+    cfg = train_config or TrainConfig()
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = load_boxes(annotations, images, skip_crowd=True)
+    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_expand=max_expand, seed=seed)
+    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
+    steps = max_steps if max_steps > 0 else epochs * len(loader)
+    cfg = replace(cfg, total_steps=steps)
+    log.info("training on %d of %d boxes (area >= %g px), %d steps", len(ds), len(data.records), min_area, steps)
+
+    acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
+                                       strict_weights=strict_weights))
+    trainer = L.Trainer(
+        default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
+        precision="bf16-mixed" if prec == "bf16" else "32-true",
+        max_epochs=epochs if max_steps <= 0 else -1, max_steps=steps,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
+                                                       every_n_train_steps=max(1, min(500, steps)))],
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.is_global_zero:
+        save_labeler(module.teacher, out)
+        secs = time.perf_counter() - t0
+        log.info("trained %d steps in %.0f s (%.2f crops/s); labeler saved to %s", trainer.global_step,
+                 secs, trainer.global_step * loader.batch_size / max(secs, 1e-9), out)
+    return out

@@ -1,0 +1,124 @@
+"""`mal` command line: parsing only; the work happens in mal.api."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _train(a) -> None:
+    from .api import train
+    from .modeling.labeler import LabelerConfig
+    from .train import TrainConfig
+    run = train(a.images, a.annotations, a.out,
+                labeler=LabelerConfig(backbone=a.backbone, crop_size=a.crop_size, decoder_dim=a.decoder_dim),
+                train_config=TrainConfig(lr=a.lr, freeze_encoder=a.freeze_encoder),
+                weights=a.weights, strict_weights=not a.allow_missing_keys, epochs=a.epochs,
+                max_steps=a.max_steps, batch_size=a.batch_size, min_area=a.min_area,
+                max_expand=a.max_expand, precision=a.precision, devices=a.devices, num_nodes=a.num_nodes,
+                num_workers=a.num_workers, seed=a.seed, resume=a.resume)
+    print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
+
+
+def _label(a) -> None:
+    from .api import label
+    print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
+                precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
+                skip_bad_images=a.skip_bad_images))
+
+
+def _eval(a) -> None:
+    from .api import evaluate, format_report
+    from .masks import write_json_atomic
+    report = evaluate(a.gt, a.pred)
+    print(format_report(report))
+    if a.json:
+        write_json_atomic(report, a.json)
+        print(f"report written to {a.json}")
+
+
+def _demo(a) -> None:
+    from .demo import run_demo
+    run_demo(a.out, epochs=a.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mal", description="Mask Auto-Labeler: COCO boxes -> instance masks")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a mask labeler from the boxes of a COCO file")
+    t.add_argument("--images", required=True, type=Path, help="folder with the images")
+    t.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON (only bbox is used)")
+    t.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model)")
+    t.add_argument("--backbone", default="tiny_vit_5m_sam",
+                   help="timm model name (e.g. vit_base_patch16_224) or a mal variant (tiny_vit_5m_sam)")
+    t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth)")
+    t.add_argument("--allow-missing-keys", action="store_true",
+                   help="load --weights even if keys are missing/unexpected (reported as a warning)")
+    t.add_argument("--crop-size", type=int, default=512)
+    t.add_argument("--decoder-dim", type=int, default=128)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--freeze-encoder", type=float, default=0.0,
+                   help="fraction of encoder parameters (input side first) to keep frozen, 0..1")
+    t.add_argument("--min-area", type=float, default=2048, help="train only on boxes of at least this area (px)")
+    t.add_argument("--max-expand", type=float, default=1.2, help="max random expansion per box side")
+    t.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
+                   help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+    t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
+    t.add_argument("--num-nodes", type=int, default=1)
+    t.add_argument("--num-workers", type=int, default=1, help="data loading processes")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    t.set_defaults(func=_train)
+
+    lb = sub.add_parser("label", help="give every box of a COCO file a mask")
+    lb.add_argument("--model", required=True, type=Path, help="run directory of `mal train`, or a .ckpt")
+    lb.add_argument("--images", required=True, type=Path)
+    lb.add_argument("--annotations", required=True, type=Path)
+    lb.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
+    lb.add_argument("--batch-size", type=int, default=16)
+    lb.add_argument("--threshold", type=float, default=0.5)
+    lb.add_argument("--device", default="auto")
+    lb.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
+    lb.add_argument("--num-workers", type=int, default=1)
+    lb.add_argument("--skip-bad-images", action="store_true",
+                    help="skip unreadable images (reported) instead of stopping")
+    lb.set_defaults(func=_label)
+
+    e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
+    e.add_argument("--gt", required=True, type=Path)
+    e.add_argument("--pred", required=True, type=Path)
+    e.add_argument("--json", type=Path, help="also write the full report here")
+    e.set_defaults(func=_eval)
+
+    d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
+    d.add_argument("--out", type=Path, default=Path("mal_demo"))
+    d.add_argument("--epochs", type=int, default=None, help="override the demo's training length")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from .data.coco import CocoError
+    from .data.images import ImageError
+    from .evaluate import EvalError
+    from .label import LabelError
+    from .modeling.encoder import WeightsError
+    try:
+        args.func(args)
+    except (CocoError, ImageError, EvalError, LabelError, WeightsError, FileNotFoundError, ValueError) as e:
+        print(f"mal {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

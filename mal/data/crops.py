@@ -1,0 +1,116 @@
+"""Crop geometry: box expansion, crop + square resize, box mask in crop space, paste-back.
+
+Coordinates are pixel-edge coordinates (a pixel (i, j) covers [j, j+1) x [i, i+1)), boxes are
+``x0, y0, x1, y1`` floats. A crop window is an *integer* box in image pixels (it may extend past the
+image); rounding the window to whole pixels makes crop -> paste-back an exact round trip.
+
+Out-of-image pixels are filled with a constant (the ImageNet mean colour, i.e. zero after
+normalisation). The official MAL code wraps around (reflects the image), which puts copies of the
+object or its surroundings inside the crop; the MIL loss then sees foreground-like texture outside the
+box, and the CRF target can leak onto it. A flat fill has no edges and no object colour, so it is
+the neutral choice for both losses.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# ImageNet mean in 0..255 RGB; SAM uses the same statistics.
+FILL_RGB = (123.675, 116.28, 103.53)
+
+
+def xywh_to_xyxy(b) -> np.ndarray:
+    x, y, w, h = (float(v) for v in b)
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def expand_box(box_xyxy, ratios) -> np.ndarray:
+    """Grow a box around its centre and round outwards to an integer crop window.
+
+    ratios: (left, top, right, bottom) scale of the half-extent on each side, e.g. 1.3 everywhere
+    (labeling) or random values in [1, max] (training). Returns int64 ``[x0, y0, x1, y1]`` with
+    x1 > x0 and y1 > y0 (at least one pixel).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    hw, hh = (x1 - x0) / 2, (y1 - y0) / 2
+    rl, rt, rr, rb = ratios
+    win = np.array([np.floor(cx - hw * rl), np.floor(cy - hh * rt),
+                    np.ceil(cx + hw * rr), np.ceil(cy + hh * rb)], dtype=np.int64)
+    win[2] = max(win[2], win[0] + 1)
+    win[3] = max(win[3], win[1] + 1)
+    return win
+
+
+def random_ratios(rng: np.random.Generator, max_ratio: float) -> tuple[float, float, float, float]:
+    """Random per-side expansion ratios in [1, max_ratio] for training, paired across opposite sides.
+
+    As in the official recipe: each side draws a margin in [0, max_ratio - 1], and one gate g per axis
+    splits it (left gets g, right 1 - g), so the box lands at a random place in the crop while the
+    crop never grows by more than ``max_ratio`` on an axis.
+    """
+    m = rng.uniform(0.0, max_ratio - 1.0, size=4)
+    gx, gy = rng.uniform(size=2)
+    return (1 + m[0] * gx, 1 + m[1] * gy, 1 + m[2] * (1 - gx), 1 + m[3] * (1 - gy))
+
+
+def crop_and_resize(image: np.ndarray, window, size: int) -> np.ndarray:
+    """Cut ``window`` (int x0,y0,x1,y1, may leave the image) out of an HxWx3 uint8 image, fill the
+    outside with FILL_RGB, and resize it to ``size x size`` (aspect ratio is not kept, as in MAL).
+    """
+    H, W = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in window)
+    canvas = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    canvas[:] = np.round(FILL_RGB).astype(np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    shrinking = canvas.shape[0] > size or canvas.shape[1] > size
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR  # area averaging avoids aliasing
+    return cv2.resize(canvas, (size, size), interpolation=interp)
+
+
+def box_in_crop(box_xyxy, window, size: int) -> np.ndarray:
+    """The box in the resized crop's pixel coordinates (float x0,y0,x1,y1)."""
+    x0, y0, x1, y1 = (float(v) for v in window)
+    sx, sy = size / (x1 - x0), size / (y1 - y0)
+    b = np.asarray(box_xyxy, dtype=np.float64)
+    return np.array([(b[0] - x0) * sx, (b[1] - y0) * sy, (b[2] - x0) * sx, (b[3] - y0) * sy])
+
+
+def box_mask(box_xyxy, height: int, width: int) -> np.ndarray:
+    """float32 HxW mask, 1 on pixels whose centre lies inside the box.
+
+    At least the pixel holding the box centre is set, so a sub-pixel box still has a mask.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    cols = (np.arange(width) + 0.5)
+    rows = (np.arange(height) + 0.5)
+    mx = (cols >= x0) & (cols < x1)
+    my = (rows >= y0) & (rows < y1)
+    if not mx.any():
+        mx[int(np.clip((x0 + x1) / 2, 0, width - 1))] = True
+    if not my.any():
+        my[int(np.clip((y0 + y1) / 2, 0, height - 1))] = True
+    return (my[:, None] & mx[None, :]).astype(np.float32)
+
+
+def paste_mask(prob: np.ndarray, window, height: int, width: int,
+               box_xyxy=None) -> np.ndarray:
+    """Paste a crop-space probability map back into the full image.
+
+    prob: h x w float map over the crop window (any resolution, e.g. the decoder's stride-4 output).
+    Returns a float32 (height x width) map: resized to the window's pixel size, clipped to the image,
+    and zero outside ``box_xyxy`` when given (the box is ground truth: the object cannot leave it).
+    """
+    x0, y0, x1, y1 = (int(v) for v in window)
+    full = np.zeros((height, width), dtype=np.float32)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return full
+    # Resize only the part of the window that is inside the image: cheaper for big windows.
+    up = cv2.resize(prob.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    full[sy0:sy1, sx0:sx1] = up[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+    if box_xyxy is not None:
+        full *= box_mask(box_xyxy, height, width)
+    return full

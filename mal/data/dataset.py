@@ -1,0 +1,102 @@
+"""Torch datasets over boxes: random-expansion training crops, fixed-expansion labeling crops."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2 as T
+
+from .coco import BoxDataset, BoxRecord
+from .crops import box_in_crop, box_mask, crop_and_resize, expand_box, random_ratios, xywh_to_xyxy
+from .images import read_rgb
+
+MASK_STRIDE = 4  # the decoder's output stride
+
+
+def student_augment() -> T.Compose:
+    """Photometric noise for the student (the teacher sees the clean crop), as in MAL."""
+    return T.Compose([
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.RandomApply([T.GaussianBlur(9, sigma=(0.1, 2.0))], p=0.5),
+    ])
+
+
+class TrainCrops(Dataset):
+    """One item per training box: a randomly expanded crop, its augmented copy and the box mask.
+
+    Item: ``image`` (3, S, S) uint8 clean crop (teacher), ``image_aug`` (3, S, S) uint8 (student),
+    ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution.
+    """
+
+    def __init__(self, data: BoxDataset, crop_size: int, *, min_area: float = 2048.0,
+                 max_expand: float = 1.2, seed: int = 0):
+        self.data = data
+        self.records = [r for r in data.records if r.bbox[2] * r.bbox[3] >= min_area]
+        if not self.records:
+            raise ValueError(f"no box has an area of at least {min_area:g} px "
+                             f"({len(data.records)} boxes); lower --min-area")
+        self.size = crop_size
+        self.max_expand = max_expand
+        self.seed = seed
+        self.augment = student_augment()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        rng = np.random.default_rng()  # fresh OS entropy per item: no duplicated streams across workers
+        image = read_rgb(self.data.image_path(r.file_name))
+        box = xywh_to_xyxy(r.bbox)
+        window = expand_box(box, random_ratios(rng, self.max_expand))
+        crop = crop_and_resize(image, window, self.size)
+        m = self.size // MASK_STRIDE
+        bmask = box_mask(box_in_crop(box, window, self.size) / MASK_STRIDE, m, m)
+        if rng.random() < 0.5:  # horizontal flip: geometric, so applied to crop and box mask alike
+            crop, bmask = crop[:, ::-1], bmask[:, ::-1]
+        t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+        return {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy())}
+
+
+class ImageCrops(Dataset):
+    """One item per image (for labeling): fixed-expansion crops of all its boxes.
+
+    Item: ``image`` (the COCO image entry), ``records``, ``crops`` (N, 3, S, S) uint8,
+    ``windows`` (N, 4) int64 crop windows in image pixels, or ``error`` (str) if the image
+    cannot be read, so the labeling loop can report and skip it instead of crashing.
+    """
+
+    def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,
+                 expand: float = 1.3):
+        self.groups = groups
+        self.data = data
+        self.size = crop_size
+        self.expand = expand
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        entry, records = self.groups[i]
+        item = {"image": entry, "records": records}
+        try:
+            image = read_rgb(self.data.image_path(entry["file_name"]))
+        except ValueError as e:
+            item["error"] = str(e)
+            return item
+        if image.shape[:2] != (entry["height"], entry["width"]):
+            item["error"] = (f"{self.data.image_path(entry['file_name'])}: image is "
+                             f"{image.shape[1]}x{image.shape[0]} but the COCO file says "
+                             f"{entry['width']}x{entry['height']}")
+            return item
+        windows = np.stack([expand_box(xywh_to_xyxy(r.bbox), (self.expand,) * 4) for r in records])
+        crops = np.stack([crop_and_resize(image, w, self.size) for w in windows])
+        item["crops"] = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+        item["windows"] = windows
+        return item
+
+
+def collate_single(items: list[dict]) -> dict:
+    """DataLoader collate for batch_size=1 items that must not be stacked."""
+    return items[0]

@@ -1,0 +1,179 @@
+"""Image encoder: any timm backbone by name, weights from a local file, last feature map out.
+
+One way to create a backbone: ``build_encoder(name, weights=...)``. Weights never come from a hub
+implicitly: pass a local ``.safetensors`` / ``.pth`` file. Loading is strict by default: any missing
+or unexpected key is an error (the official MAL code loads with strict=False and silently trains a
+stem from scratch when keys do not match).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger("mal")
+
+
+class WeightsError(ValueError):
+    """A checkpoint does not fit the backbone (missing/unexpected keys, shapes) or cannot be read."""
+
+
+def _tiny_vit_sam(model: nn.Module) -> None:
+    # The SAM / MobileSAM TinyViT does not downsample into its last stage: overall stride 16.
+    model.stages[3].downsample.conv2.conv.stride = (1, 1)
+
+
+# mal-level names for timm models with a small structural change that their checkpoints need.
+# name -> (timm model name, patch function)
+VARIANTS = {
+    "tiny_vit_5m_sam": ("tiny_vit_5m_224", _tiny_vit_sam),
+}
+
+
+@dataclass
+class KeyReport:
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # missing keys of the unused classifier head
+
+    def summary(self) -> str:
+        def few(keys):
+            return ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing keys: {few(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected keys: {few(self.unexpected)}")
+        return "; ".join(parts) or "all keys matched"
+
+
+class Encoder(nn.Module):
+    """timm backbone -> last feature map.
+
+    forward: (B, 3, S, S) normalised image -> (B, C, S/stride, S/stride).
+    Plain ViTs return tokens; prefix tokens (cls, registers) are dropped and the rest reshaped to a grid.
+    """
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.out_channels = int(model.num_features)
+        self.mean = tuple(model.pretrained_cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
+        self.std = tuple(model.pretrained_cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model.forward_features(x)
+        if f.ndim == 3:  # (B, N, C) tokens
+            f = f[:, getattr(self.model, "num_prefix_tokens", 0):]
+            B, N, C = f.shape
+            gh, gw = self._token_grid(x, N)
+            return f.transpose(1, 2).reshape(B, C, gh, gw)
+        if f.shape[1] != self.out_channels and f.shape[-1] == self.out_channels:  # NHWC (e.g. swin)
+            f = f.permute(0, 3, 1, 2)
+        return f.contiguous()
+
+    def _token_grid(self, x: torch.Tensor, n: int) -> tuple[int, int]:
+        H, W = x.shape[-2:]
+        ratio = (H * W / n) ** 0.5  # the patch size
+        gh, gw = round(H / ratio), round(W / ratio)
+        if gh * gw != n:
+            raise ValueError(f"cannot arrange {n} tokens of {self.name} into a grid for a {H}x{W} input")
+        return gh, gw
+
+    def train(self, mode: bool = True) -> "Encoder":
+        # Batch statistics of a few crops are noisy, and some checkpoints (e.g. the SAM TinyViT) have
+        # BatchNorm folded into the convs: every BatchNorm keeps using its stored statistics.
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    @torch.no_grad()
+    def stride(self, size: int = 256) -> int:
+        was = self.training
+        self.eval()
+        f = self(torch.zeros(1, 3, size, size))
+        self.train(was)
+        return size // f.shape[-1]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, wrong format
+        raise WeightsError(f"{path}: cannot read weights: {e}") from e
+    for key in ("state_dict", "model", "module"):  # common checkpoint wrappers
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise WeightsError(f"{path}: expected a state dict, got {type(sd).__name__}")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> KeyReport:
+    """Load a local checkpoint into a timm model, adapting it with timm's own checkpoint filter
+    (e.g. resampling ViT position embeddings to the crop size). Raises WeightsError on any key
+    mismatch unless ``strict=False``, in which case the mismatch is logged as a warning."""
+    path = Path(path)
+    sd = _read_state_dict(path)
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            sd = filter_fn(sd, model)
+        except Exception as e:  # filters assume the original layout; a converted file may not need one
+            log.debug("checkpoint_filter_fn of %s skipped: %s", type(model).__name__, e)
+    own = model.state_dict()
+    shape_errors = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                    for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if shape_errors:
+        raise WeightsError(f"{path}: {len(shape_errors)} tensors have the wrong shape for "
+                           f"{type(model).__name__}: " + "; ".join(shape_errors[:5]))
+    result = model.load_state_dict(sd, strict=False)
+    # The classifier head is never used (we take forward_features), so its absence is fine.
+    report = KeyReport(unexpected=[k for k in result.unexpected_keys if not k.startswith("head.")])
+    for k in result.missing_keys:
+        (report.ignored if k.startswith("head.") else report.missing).append(k)
+    if report.missing or report.unexpected:
+        msg = f"{path}: weights do not match {type(model).__name__}: {report.summary()}"
+        if strict:
+            raise WeightsError(msg + ". Fix the checkpoint or backbone name, or load anyway with "
+                               "strict=False (CLI: --allow-missing-keys).")
+        log.warning(msg + " (loaded anyway: strict=False)")
+    else:
+        log.info("loaded %s: %d tensors, all keys matched", path, len(sd))
+    return report
+
+
+def build_encoder(name: str, *, weights: str | Path | None = None, img_size: int | None = None,
+                  strict: bool = True, **timm_kwargs) -> Encoder:
+    """Create a timm backbone by name (or a mal variant from VARIANTS) and load local weights.
+
+    img_size: crop size, passed to models that take it (ViTs size their position embeddings by it).
+    timm_kwargs: extra timm constructor arguments (e.g. depth=4 for a tiny test model).
+    """
+    timm_name, patch = VARIANTS.get(name, (name, None))
+    kwargs = dict(pretrained=False, num_classes=0, **timm_kwargs)
+    try:
+        model = timm.create_model(timm_name, img_size=img_size, **kwargs) if img_size else None
+    except TypeError:  # this architecture has no img_size argument
+        model = None
+    if model is None:
+        model = timm.create_model(timm_name, **kwargs)
+    if patch is not None:
+        patch(model)
+    if weights is not None:
+        load_encoder_weights(model, weights, strict=strict)
+    return Encoder(model, name)

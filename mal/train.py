@@ -1,0 +1,128 @@
+"""Training of the mask labeler from boxes only: student + EMA teacher, MIL + CRF losses (Lightning)."""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from .losses import crf_loss, mil_loss
+from .modeling.labeler import LabelerConfig, MaskLabeler, build_labeler
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and loss settings (defaults follow the MAL paper unless noted)."""
+    lr: float = 1e-4
+    encoder_lr_scale: float = 0.1       # pretrained encoder moves slower than the new decoder
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.9)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.2           # cosine decays to 0.2x the peak learning rate
+    ema_momentum: float = 0.996
+    mil_weight: float = 4.0
+    mil_ramp_steps: int = 1000
+    crf_weight: float = 0.5
+    crf_ramp_steps: int = 4000
+    crf_zeta: float = 0.1
+    crf_iters: int = 100
+    crf_kernel: int = 3
+    crf_clamp: tuple[float, float] = (0.1, 0.9)
+    freeze_encoder: float = 0.0         # fraction of encoder parameters (input side first) kept frozen
+    total_steps: int = 1000             # set by api.train from epochs x batches
+
+
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers."""
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters()):
+            t.lerp_(s.detach(), 1.0 - momentum)
+        for t, s in zip(teacher.buffers(), student.buffers()):
+            if t.dtype.is_floating_point:
+                t.lerp_(s, 1.0 - momentum)
+            else:
+                t.copy_(s)
+
+
+def freeze_leading(module: torch.nn.Module, fraction: float) -> int:
+    """Freeze the first ``fraction`` of a module's parameters (by count, in definition order, which
+    for backbones is input-to-output). Returns the number of frozen parameters."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    done = 0
+    for p in params:
+        if done >= fraction * total - 1e-9 or fraction <= 0:
+            break
+        p.requires_grad_(False)
+        done += p.numel()
+    return done
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+class MALModule(L.LightningModule):
+    """Student trained by gradient; teacher = EMA of the student, used for the CRF target and
+    exported as the final labeler."""
+
+    def __init__(self, labeler: dict, train: dict, weights: str | None = None, strict_weights: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.labeler_config = LabelerConfig(**labeler)
+        self.cfg = TrainConfig(**train)
+        self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights)
+        freeze_leading(self.student.encoder, self.cfg.freeze_encoder)
+        self.teacher: MaskLabeler = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+
+    def ramp(self, steps: int) -> float:
+        return min(1.0, (self.global_step + 1) / max(1, steps))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        c = self.cfg
+        student_p = torch.sigmoid(self.student(batch["image_aug"]).float())  # (B, h, w)
+        with torch.no_grad():
+            self.teacher.eval()
+            teacher_p = torch.sigmoid(self.teacher(batch["image"]).float())
+        box = batch["box_mask"].float()
+
+        mil = mil_loss(student_p, box).mean()
+        # CRF colour features: the clean, normalised crop at the mask's resolution.
+        small = F.interpolate(self.student.normalize(batch["image"]), size=student_p.shape[-2:],
+                              mode="bilinear", align_corners=False, antialias=True)
+        crf, _ = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
+                          kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
+        crf = crf.mean()
+        w_mil = c.mil_weight * self.ramp(c.mil_ramp_steps)
+        w_crf = c.crf_weight * self.ramp(c.crf_ramp_steps)
+        loss = w_mil * mil + w_crf * crf
+        self.log_dict({"loss": loss, "mil": mil, "crf": crf}, prog_bar=True, on_step=True,
+                      batch_size=box.shape[0], sync_dist=False)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        ema_update(self.teacher, self.student, self.cfg.ema_momentum)
+
+    def configure_optimizers(self):
+        c = self.cfg
+        enc = [p for p in self.student.encoder.parameters() if p.requires_grad]
+        dec = [p for p in self.student.decoder.parameters() if p.requires_grad]
+        groups = [{"params": dec, "lr": c.lr}]
+        if enc:
+            groups.append({"params": enc, "lr": c.lr * c.encoder_lr_scale})
+        opt = torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, c.warmup_steps, c.total_steps, c.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def module_kwargs(labeler: LabelerConfig, train: TrainConfig, **kw) -> dict:
+    return dict(labeler=asdict(labeler), train=asdict(train), **kw)

@@ -1,0 +1,177 @@
+"""load_coco_json / load_boxes: valid files load, every bad input gives one clear CocoError."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+
+import pytest
+
+from mal.data.coco import BoxRecord, CocoError, load_boxes, load_coco_json
+
+
+def _base() -> dict:
+    """Two annotated images (100x80, 50x40) plus one unannotated image; no segmentation."""
+    return {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 100, "height": 80},
+            {"id": 2, "file_name": "b.jpg", "width": 50, "height": 40},
+            {"id": 3, "file_name": "unused.jpg", "width": 10, "height": 10},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 10]},
+            {"id": 11, "image_id": 1, "category_id": 2, "bbox": [10, 20, 30, 40]},
+            {"id": 12, "image_id": 1, "category_id": 1, "bbox": [0, 0, 100, 80], "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+
+
+@pytest.fixture
+def images_dir(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    for name in ("a.jpg", "b.jpg"):  # unused.jpg deliberately absent: never checked
+        (d / name).write_bytes(b"x")
+    return d
+
+
+def _write(tmp_path, coco: dict | str):
+    p = tmp_path / "ann.json"
+    p.write_text(coco if isinstance(coco, str) else json.dumps(coco))
+    return p
+
+
+def test_valid_file_loads(tmp_path, images_dir):
+    ds = load_boxes(_write(tmp_path, _base()), images_dir)
+    # Grouped by image file order (1 then 2), then annotation order.
+    assert [r.ann_id for r in ds.records] == [11, 12, 10]
+    assert ds.records[0] == BoxRecord(11, 1, 2, (10.0, 20.0, 30.0, 40.0), "a.jpg", 100, 80)
+    assert ds.warnings == []
+    groups = ds.by_image()
+    assert [(img["id"], [r.ann_id for r in recs]) for img, recs in groups] == [(1, [11, 12]), (2, [10])]
+    assert ds.image_path("a.jpg") == images_dir / "a.jpg"
+    assert ds.coco["images"][2]["file_name"] == "unused.jpg"  # JSON kept unchanged
+
+
+def test_dict_input_and_no_segmentation_needed(images_dir):
+    coco = _base()
+    assert all("segmentation" not in a for a in coco["annotations"])
+    ds = load_boxes(coco, images_dir)
+    assert len(ds.records) == 3
+    coco["annotations"][0]["id"] = 11  # errors from a dict are labelled "<dict>"
+    with pytest.raises(CocoError, match=r"^<dict>: 1 problem\(s\)"):
+        load_boxes(coco, images_dir)
+
+
+def _set(path, value):
+    """Mutation that sets coco[path[0]][path[1]]...[path[-1]] = value."""
+
+    def f(c):
+        obj = c
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+
+    return f
+
+
+BAD_CASES = [
+    # id, mutation (or raw text), substrings the error must contain
+    ("malformed_json", '{"images": [', ["invalid JSON", "line 1"]),
+    ("missing_images_key", lambda c: c.pop("images"), ['missing top-level "images"']),
+    ("dup_annotation_id", _set(("annotations", 1, "id"), 10), ["annotation id 10", "duplicate annotation id"]),
+    ("dup_image_id", _set(("images", 1, "id"), 1), ["image id 1", "duplicate image id"]),
+    ("unknown_image_id", _set(("annotations", 0, "image_id"), 99), ["annotation id 10", "unknown image_id 99"]),
+    ("unknown_category_id", _set(("annotations", 1, "category_id"), 7), ["annotation id 11", "unknown category_id 7"]),
+    ("zero_size_box", _set(("annotations", 0, "bbox"), [5, 5, 0, 10]), ["annotation id 10", "zero or negative"]),
+    ("negative_size_box", _set(("annotations", 1, "bbox"), [5, 5, 10, -3]), ["annotation id 11", "zero or negative"]),
+    ("nan_box", _set(("annotations", 0, "bbox"), [5, math.nan, 3, 3]), ["annotation id 10", "NaN"]),
+    ("three_numbers", _set(("annotations", 1, "bbox"), [1, 2, 3]), ["annotation id 11", "list of 4 numbers"]),
+    ("fully_outside", _set(("annotations", 0, "bbox"), [60, 5, 10, 10]), ["annotation id 10", "entirely outside"]),
+    ("sub_pixel_after_clip", _set(("annotations", 0, "bbox"), [49.5, 5, 10, 10]), ["annotation id 10", "smaller than 1 px"]),
+    ("missing_bbox", lambda c: c["annotations"][1].pop("bbox"), ["annotation id 11", "missing bbox"]),
+    ("bool_id", _set(("annotations", 0, "id"), True), ["annotation #0", "non-integer id"]),
+    ("float_image_id", _set(("images", 0, "id"), 1.0), ["image #0 (a.jpg)", "non-integer id"]),
+    ("non_positive_width", _set(("images", 1, "width"), 0), ["image id 2 (b.jpg)", "width"]),
+    ("dup_category_id", _set(("categories", 1, "id"), 1), ["category id 1", "duplicate category id"]),
+    ("missing_image_file", _set(("images", 1, "file_name"), "gone.png"), ["image id 2 (gone.png)", "file not found"]),
+]
+
+
+@pytest.mark.parametrize("mutate, expected", [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
+def test_bad_inputs(tmp_path, images_dir, mutate, expected):
+    if isinstance(mutate, str):
+        path = _write(tmp_path, mutate)
+    else:
+        coco = _base()
+        mutate(coco)
+        path = _write(tmp_path, coco)
+    with pytest.raises(CocoError) as exc:
+        load_boxes(path, images_dir)
+    msg = str(exc.value)
+    assert msg.startswith(str(path))
+    for s in expected:
+        assert s in msg, f"{s!r} not in {msg!r}"
+
+
+def test_load_coco_json_errors(tmp_path):
+    with pytest.raises(CocoError, match="missing.json: file not found"):
+        load_coco_json(tmp_path / "missing.json")
+    with pytest.raises(CocoError, match="must contain a JSON object"):
+        load_coco_json(_write(tmp_path, "[1, 2]"))
+    with pytest.raises(CocoError, match='"annotations" must be a list'):
+        load_coco_json(_write(tmp_path, '{"images": [], "annotations": {}, "categories": []}'))
+
+
+def test_partially_outside_box_is_clipped(tmp_path, images_dir, caplog):
+    coco = _base()
+    coco["annotations"][0]["bbox"] = [-5, 30, 20, 20]  # image 2 is 50x40
+    with caplog.at_level(logging.WARNING, logger="mal"):
+        ds = load_boxes(_write(tmp_path, coco), images_dir)
+    rec = next(r for r in ds.records if r.ann_id == 10)
+    assert rec.bbox == (0.0, 30.0, 15.0, 10.0)
+    assert len(ds.warnings) == 1 and "annotation id 10" in ds.warnings[0] and "clipped" in ds.warnings[0]
+    assert "annotation id 10" in caplog.text
+
+
+def test_crowd_skipped_with_warning(tmp_path, images_dir):
+    coco = _base()
+    coco["annotations"][0]["iscrowd"] = 1
+    ds = load_boxes(_write(tmp_path, coco), images_dir)
+    assert [r.ann_id for r in ds.records] == [11, 12]
+    assert any("1 crowd" in w for w in ds.warnings)
+    assert len(load_boxes(coco, images_dir, skip_crowd=False).records) == 3
+
+
+def test_check_files_off(tmp_path):
+    ds = load_boxes(_write(tmp_path, _base()), tmp_path / "nowhere", check_files=False)
+    assert len(ds.records) == 3
+
+
+def test_multiple_problems_reported_together(tmp_path, images_dir):
+    coco = _base()
+    coco["annotations"][0]["bbox"] = [1, 2, 3]
+    coco["annotations"][1]["category_id"] = 42
+    coco["annotations"][2]["id"] = 10
+    coco["images"][0]["file_name"] = "missing.jpg"
+    with pytest.raises(CocoError) as exc:
+        load_boxes(_write(tmp_path, coco), images_dir)
+    msg = str(exc.value)
+    assert "4 problem(s) in the COCO file:" in msg.splitlines()[0]
+    for s in ("annotation id 10: bbox must be", "unknown category_id 42", "duplicate annotation id", "missing.jpg"):
+        assert s in msg
+
+
+def test_many_problems_truncated(tmp_path, images_dir):
+    coco = _base()
+    coco["annotations"] = [
+        {"id": i, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0]} for i in range(25)
+    ]
+    with pytest.raises(CocoError) as exc:
+        load_boxes(copy.deepcopy(coco), images_dir)
+    lines = str(exc.value).splitlines()
+    assert lines[0].endswith("25 problem(s) in the COCO file:")
+    assert len(lines) == 1 + 20 + 1 and lines[-1].strip() == "... and 5 more"

@@ -1,0 +1,191 @@
+"""Tests for mal.evaluate on tiny hand-built COCO dicts with known answers."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from mal.evaluate import EvalError, evaluate, format_report
+
+H, W = 40, 50
+
+
+def rle(mask: np.ndarray) -> dict:
+    """Compressed RLE with str counts, as it appears in COCO JSON."""
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode()}
+
+
+def rect(y0, y1, x0, x1, h=H, w=W) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return m
+
+
+def ann(aid, image_id, cat, mask, bbox=None):
+    ys, xs = np.nonzero(mask)
+    if bbox is None:  # box of the gt mask; preds copy it through unchanged
+        bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
+                float(ys.max() - ys.min() + 1)]
+    return {"id": aid, "image_id": image_id, "category_id": cat, "bbox": bbox,
+            "segmentation": rle(mask), "iscrowd": 0}
+
+
+def dataset(anns, images=None):
+    images = images or [{"id": 1, "width": W, "height": H}, {"id": 2, "width": W, "height": H}]
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+
+
+@pytest.fixture
+def gt():
+    return dataset([
+        ann(1, 1, 1, rect(0, 10, 0, 10)),
+        ann(2, 1, 2, rect(20, 30, 20, 40)),
+        ann(3, 2, 1, rect(5, 25, 5, 15)),
+    ])
+
+
+def with_masks(gt, masks: dict) -> dict:
+    """Copy of gt whose annotations get the given masks (by id); boxes unchanged."""
+    pred = copy.deepcopy(gt)
+    for a in pred["annotations"]:
+        if a["id"] in masks:
+            a["segmentation"] = rle(masks[a["id"]])
+    return pred
+
+
+def test_identical_prediction_is_perfect(gt):
+    rep = evaluate(gt, copy.deepcopy(gt))
+    assert rep["num_instances"] == 3 and rep["num_classes"] == 2
+    assert rep["miou_instance"] == 1.0 and rep["miou_class"] == 1.0
+    assert rep["ap"]["AP"] == pytest.approx(1.0) and rep["ap"]["AP50"] == pytest.approx(1.0)
+    assert set(rep["per_class"]) == {"cat", "dog"}
+    json.dumps(rep)  # must be JSON-serialisable
+    text = format_report(rep)
+    assert "instances 3  classes 2" in text and "AP" in text
+
+
+def test_half_overlap_exact_iou(gt):
+    # gt 1 is rows 0:10, cols 0:10 (100 px); prediction keeps only its left half.
+    rep = evaluate(gt, with_masks(gt, {1: rect(0, 10, 0, 5)}), compute_ap=False)
+    iou = {r["id"]: r["iou"] for r in rep["per_instance"]}
+    assert iou == {1: 0.5, 2: 1.0, 3: 1.0}
+    assert "ap" not in rep
+
+
+def test_class_mean_differs_from_instance_mean(gt):
+    # cat: ious 0.5 and 1.0 -> 0.75; dog: 0.0 -> class mean 0.375, instance mean 0.5.
+    pred = with_masks(gt, {1: rect(0, 10, 0, 5), 2: rect(0, 5, 40, 50)})
+    rep = evaluate(gt, pred, compute_ap=False)
+    assert rep["miou_instance"] == pytest.approx(0.5)
+    assert rep["miou_class"] == pytest.approx(0.375)
+    assert rep["per_class"]["cat"] == {"category_id": 1, "miou": 0.75, "count": 2}
+    assert rep["per_class"]["dog"]["miou"] == 0.0
+
+
+def test_size_buckets_use_gt_mask_area():
+    h = w = 120
+    imgs = [{"id": 1, "width": w, "height": h}]
+    g = dataset([
+        ann(1, 1, 1, rect(0, 31, 0, 33, h, w)),     # 1023 px: small
+        ann(2, 1, 1, rect(0, 32, 40, 72, h, w)),    # 1024 px: medium (boundary)
+        ann(3, 1, 2, rect(0, 100, 0, 100, h, w)),   # 10000 px: large
+    ], imgs)
+    # Predictions are empty: the bucket must still come from the gt area.
+    p = with_masks(g, {i: np.zeros((h, w), np.uint8) for i in (1, 2, 3)})
+    rep = evaluate(g, p)
+    sizes = {r["id"]: (r["size"], r["gt_area"]) for r in rep["per_instance"]}
+    assert sizes == {1: ("small", 1023), 2: ("medium", 1024), 3: ("large", 10000)}
+    assert all(rep["miou_size"][s]["count"] == 1 for s in ("small", "medium", "large"))
+    assert rep["miou_instance"] == 0.0 and rep["ap"]["AP"] == 0.0
+
+    only_small = dataset([ann(1, 1, 1, rect(0, 5, 0, 5, h, w))], imgs)
+    rep = evaluate(only_small, copy.deepcopy(only_small))
+    assert rep["miou_size"]["medium"] is None and rep["miou_size"]["large"] is None
+    assert "medium n/a" in format_report(rep)
+
+
+# pycocotools' decode trips a numpy-2 DeprecationWarning inside the library itself.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_polygon_gt_vs_rle_prediction(gt):
+    poly = [[10.0, 5.0, 30.0, 5.0, 30.0, 25.0, 10.0, 25.0]]
+    gt["annotations"][2]["segmentation"] = poly
+    mask = mask_utils.decode(mask_utils.frPyObjects(poly, H, W))[:, :, 0]
+    pred = with_masks(gt, {3: mask})
+    rep = evaluate(gt, pred)
+    assert rep["miou_instance"] == 1.0
+    # Uncompressed RLE (list counts) of the left half of the polygon mask.
+    half = mask.copy()
+    half[:, 20:] = 0
+    counts, flat, cur, run = [], half.flatten(order="F"), 0, 0
+    for v in flat:
+        if v != cur:
+            counts.append(run)
+            cur, run = v, 0
+        run += 1
+    counts.append(run)
+    pred["annotations"][2]["segmentation"] = {"size": [H, W], "counts": counts}
+    iou = {r["id"]: r["iou"] for r in evaluate(gt, pred, compute_ap=False)["per_instance"]}
+    assert iou[3] == pytest.approx(half.sum() / mask.sum())
+
+
+def test_crowd_gt_is_not_scored(gt):
+    gt["annotations"][1]["iscrowd"] = 1
+    gt["crowd_annotations"] = [{"whatever": 1}]
+    rep = evaluate(gt, with_masks(gt, {2: rect(0, 1, 0, 1)}))
+    assert rep["num_instances"] == 2 and rep["miou_instance"] == 1.0
+    assert rep["num_classes"] == 1
+
+
+def test_mismatched_ids_raise(gt):
+    pred = copy.deepcopy(gt)
+    pred["annotations"][0]["id"] = 99
+    with pytest.raises(EvalError, match=r"1 missing .*\[1\].*1 extra .*\[99\]"):
+        evaluate(gt, pred)
+
+
+def test_changed_bbox_raises_but_tiny_drift_is_ok(gt):
+    pred = copy.deepcopy(gt)
+    pred["annotations"][1]["bbox"][2] += 1e-4
+    evaluate(gt, pred, compute_ap=False)
+    pred["annotations"][1]["bbox"][2] += 0.5
+    with pytest.raises(EvalError, match=r"annotation 2: bbox"):
+        evaluate(gt, pred)
+
+
+def test_different_image_id_raises(gt):
+    pred = copy.deepcopy(gt)
+    pred["annotations"][2]["image_id"] = 1
+    with pytest.raises(EvalError, match=r"annotation 3: image_id 2 .* but 1"):
+        evaluate(gt, pred)
+
+
+def test_different_image_size_raises(gt):
+    pred = copy.deepcopy(gt)
+    pred["images"][1]["width"] = 64
+    with pytest.raises(EvalError, match=r"image 2 has size 50x40 .* but 64x40"):
+        evaluate(gt, pred)
+
+
+def test_missing_prediction_segmentation_raises(gt):
+    pred = copy.deepcopy(gt)
+    del pred["annotations"][1]["segmentation"]
+    with pytest.raises(EvalError, match=r"annotation 2 .*no 'segmentation'"):
+        evaluate(gt, pred)
+
+
+def test_files_are_loaded_and_bad_files_named(gt, tmp_path):
+    gp, pp = tmp_path / "gt.json", tmp_path / "pred.json"
+    gp.write_text(json.dumps(gt))
+    pp.write_text(json.dumps(gt))
+    assert evaluate(str(gp), str(pp), compute_ap=False)["miou_instance"] == 1.0
+
+    pp.write_text("{not json")
+    with pytest.raises(EvalError, match="pred.json"):
+        evaluate(str(gp), str(pp))
+    pp.write_text(json.dumps({"images": []}))
+    with pytest.raises(EvalError, match=r"pred\.json has no 'annotations'"):
+        evaluate(str(gp), str(pp))
