@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -35,6 +36,12 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
     """
     out = Path(out)
+    # Our encoder keeps its BatchNorms in eval mode on purpose (see Encoder.train); Lightning's
+    # "modules in eval mode" notice and its logger tip are noise for users.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: "litlogger" not in r.getMessage())
     labeler = labeler or LabelerConfig()
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)

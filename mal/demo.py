@@ -14,7 +14,7 @@ def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random colour field (low-frequency noise, upsampled)."""
     small = rng.uniform(40, 215, size=(4, 4, 3)).astype(np.float32)
     img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 2, size=img.shape).astype(np.float32)
     return img
 
 
@@ -55,7 +55,7 @@ def make_scenes(out: str | Path, num_images: int = 24, size: tuple[int, int] = (
         for _ in range(int(rng.integers(1, 5))):
             m, cat = _shape_mask(rng, h, w)
             colour = rng.uniform(0, 255, 3)
-            img[m] = colour + rng.normal(0, 6, size=(int(m.sum()), 3))
+            img[m] = colour + rng.normal(0, 2, size=(int(m.sum()), 3))
             # Later shapes occlude earlier ones: visible masks are what remains.
             for a in anns:
                 if a["image_id"] == i + 1:
@@ -86,7 +86,7 @@ def make_scenes(out: str | Path, num_images: int = 24, size: tuple[int, int] = (
 DEMO_LABELER = dict(backbone="vit_tiny_patch16_224", crop_size=96, decoder_dim=64,
                     timm_kwargs=dict(depth=4, patch_size=8))
 DEMO_TRAIN = dict(lr=1e-3, encoder_lr_scale=1.0, warmup_steps=20, mil_ramp_steps=50, crf_ramp_steps=100,
-                  crf_iters=20)
+                  crf_iters=20, ema_momentum=0.98)
 
 
 def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_images: int = 32,
@@ -111,5 +111,5 @@ def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_ima
     return {"mal": rep, "box": rep_box, "run": run, "masks": out / "masks.json"}
 
 
-DEMO_EPOCHS = 40
+DEMO_EPOCHS = 60
 DEMO_MAX_EXPAND = 2.0

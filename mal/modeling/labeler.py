@@ -40,7 +40,9 @@ class MaskLabeler(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(encoder.std).view(1, 3, 1, 1) * 255, persistent=False)
 
     def normalize(self, crops: torch.Tensor) -> torch.Tensor:
-        return (crops.float() - self.pixel_mean) / self.pixel_std
+        # channels_last: oneDNN convolutions run ~30% faster on CPU in this layout.
+        x = (crops.float() - self.pixel_mean) / self.pixel_std
+        return x.contiguous(memory_format=torch.channels_last)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = self.normalize(crops)

@@ -1,0 +1,38 @@
+"""CLI error handling: clear messages and exit code 2, never a traceback or a partial output."""
+import json
+
+from mal.cli import main
+from mal.demo import make_scenes
+
+
+def test_eval_refuses_different_boxes(tmp_path, capsys):
+    _, gt, _ = make_scenes(tmp_path, num_images=2)
+    d = json.loads(gt.read_text())
+    d["annotations"] = d["annotations"][1:]
+    (tmp_path / "pred.json").write_text(json.dumps(d))
+    assert main(["eval", "--gt", str(gt), "--pred", str(tmp_path / "pred.json")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_label_missing_model_and_bad_json(tmp_path, capsys):
+    images, _, boxes = make_scenes(tmp_path, num_images=1)
+    out = tmp_path / "out.json"
+    assert main(["label", "--model", str(tmp_path / "nope"), "--images", str(images),
+                 "--annotations", str(boxes), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err and not out.exists()
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["label", "--model", str(tmp_path), "--images", str(images),
+                 "--annotations", str(tmp_path / "bad.json"), "--out", str(out)]) == 2
+    assert "bad.json" in capsys.readouterr().err and not out.exists()
+
+
+def test_train_rejects_mismatched_weights(tmp_path, capsys):
+    images, _, boxes = make_scenes(tmp_path, num_images=1)
+    from safetensors.torch import save_file
+    import torch
+    save_file({"not.a.key": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    rc = main(["train", "--images", str(images), "--annotations", str(boxes), "--out", str(tmp_path / "run"),
+               "--backbone", "vit_tiny_patch16_224", "--crop-size", "64", "--min-area", "10",
+               "--weights", str(tmp_path / "w.safetensors"), "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "w.safetensors" in err and "missing keys" in err
