@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data.coco import BoxDataset, load_boxes
-from .data.crops import paste_mask, xywh_to_xyxy
+from .data.crops import box_mask, paste_mask, xywh_to_xyxy
 from .data.dataset import ImageCrops, collate_single
 from .masks import encode_rle, write_json_atomic
 from .modeling.labeler import MaskLabeler, load_labeler
@@ -57,7 +58,6 @@ def mask_from_prob(prob: np.ndarray, box_xyxy, threshold: float = 0.5) -> tuple[
     peak = float(prob.max())
     if peak > 0:
         return prob >= 0.5 * peak, peak, "relative_threshold"
-    from .data.crops import box_mask
     H, W = prob.shape
     return box_mask(box_xyxy, H, W) > 0, 0.0, "box"
 
@@ -83,7 +83,6 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     Only boxes are read from the input; any ``segmentation`` there is ignored. The output keeps the
     input's images, categories and annotation ids; it is written once, atomically, at the end.
     """
-    import time
     t0 = time.perf_counter()
     data: BoxDataset = load_boxes(annotations, images, skip_crowd=False)
     dev = resolve_device(device)
@@ -100,31 +99,42 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     summary = LabelSummary(out=Path(out))
     results: dict[int, dict] = {}
     pbar = tqdm(total=len(data.records), desc="labeling", unit="box", disable=not progress)
+    pending: list[dict] = []  # images whose crops wait for a full batch (batches span images)
+
+    def flush() -> None:
+        crops = torch.cat([it["crops"] for it in pending])
+        with torch.inference_mode(), autocast(dev, prec):
+            probs = torch.cat([torch.sigmoid(model(c.to(dev)).float()).cpu()
+                               for c in crops.split(batch_size)]).numpy()
+        start = 0
+        for it in pending:
+            entry, records = it["image"], it["records"]
+            H, W = entry["height"], entry["width"]
+            for r, p, win in zip(records, probs[start:start + len(records)], it["windows"]):
+                box = xywh_to_xyxy(r.bbox)
+                mask, score, fb = mask_from_prob(paste_mask(p, win, H, W, box), box, threshold)
+                summary.fallbacks += fb is not None
+                results[r.ann_id] = annotation_out(anns_by_id[r.ann_id], mask, score, fb)
+            start += len(records)
+            summary.images += 1
+            summary.boxes += len(records)
+            pbar.update(len(records))
+        pending.clear()
+
     for item in loader:
-        entry, records = item["image"], item["records"]
         if "error" in item:
             if not skip_bad_images:
                 raise LabelError(item["error"] + " (nothing was written; use --skip-bad-images to "
                                  "skip such images and report them)")
             log.warning("skipping image: %s", item["error"])
             summary.skipped_images.append(item["error"])
-            pbar.update(len(records))
+            pbar.update(len(item["records"]))
             continue
-        probs = []
-        with torch.inference_mode(), autocast(dev, prec):
-            for chunk in item["crops"].split(batch_size):
-                probs.append(torch.sigmoid(model(chunk.to(dev)).float()).cpu())
-        probs = torch.cat(probs).numpy()
-        H, W = entry["height"], entry["width"]
-        for r, p, win in zip(records, probs, item["windows"]):
-            box = xywh_to_xyxy(r.bbox)
-            full = paste_mask(p, win, H, W, box)
-            mask, score, fb = mask_from_prob(full, box, threshold)
-            summary.fallbacks += fb is not None
-            results[r.ann_id] = annotation_out(anns_by_id[r.ann_id], mask, score, fb)
-        summary.images += 1
-        summary.boxes += len(records)
-        pbar.update(len(records))
+        pending.append(item)
+        if sum(len(it["records"]) for it in pending) >= batch_size:
+            flush()
+    if pending:
+        flush()
     pbar.close()
 
     coco = {k: v for k, v in data.coco.items() if k != "annotations"}
@@ -137,7 +147,6 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
 
 def label_filled_boxes(images: str | Path, annotations: str | Path | dict, out: str | Path) -> LabelSummary:
     """The floor every method must beat: each box's mask is the filled box (score 1)."""
-    from .data.crops import box_mask
     data = load_boxes(annotations, images, skip_crowd=False, check_files=False)
     size = {im["id"]: (im["height"], im["width"]) for im in data.coco["images"]}
     anns_by_id = {a["id"]: a for a in data.coco["annotations"]}
