@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mal.api import evaluate, format_report, label, train
-from mal.label import label_filled_boxes
+from mal.engines import build_engine, label_with_engine
 from mal.modeling.labeler import LabelerConfig
 from mal.train import TrainConfig
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     summary = label(run, images, gt, a.out / "mal_masks.json", batch_size=32, num_workers=a.num_workers,
                     precision=a.precision, progress=False)
     t_label = time.perf_counter() - t1
-    label_filled_boxes(images, gt, a.out / "box_masks.json")
+    label_with_engine(build_engine("box"), images, gt, a.out / "box_masks.json", progress=False)
 
     rep_mal = evaluate(gt, a.out / "mal_masks.json")
     rep_box = evaluate(gt, a.out / "box_masks.json")

@@ -23,10 +23,22 @@ def _train(a) -> None:
 
 
 def _label(a) -> None:
-    from .api import label
-    print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
-                precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                skip_bad_images=a.skip_bad_images))
+    if a.engine == "mal":
+        if a.model is None:
+            raise ValueError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
+        from .api import label
+        print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
+                    precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
+                    skip_bad_images=a.skip_bad_images))
+        return
+    from .engines import build_engine, label_with_engine
+    kwargs = {}
+    if a.engine == "sam":
+        if not (a.sam_encoder and a.sam_decoder):
+            raise ValueError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
+        kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
+    print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
+                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images))
 
 
 def _eval(a) -> None:
@@ -37,6 +49,21 @@ def _eval(a) -> None:
     if a.json:
         write_json_atomic(report, a.json)
         print(f"report written to {a.json}")
+
+
+def _compare(a) -> None:
+    from .compare import compare, format_comparison
+    from .masks import write_json_atomic
+    result = compare(a.gt, a.preds, names=a.names)
+    print(format_comparison(result))
+    if a.json:
+        write_json_atomic(result, a.json)
+
+
+def _show(a) -> None:
+    from .show import show
+    page = show(a.images, a.pred, a.out, gt=a.gt, names=a.names, max_items=a.max_items)
+    print(f"open {page}")
 
 
 def _demo(a) -> None:
@@ -78,7 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     lb = sub.add_parser("label", help="give every box of a COCO file a mask")
-    lb.add_argument("--model", required=True, type=Path, help="run directory of `mal train`, or a .ckpt")
+    lb.add_argument("--engine", choices=["mal", "sam", "grabcut", "box"], default="mal",
+                    help="mal: the trained labeler (default); sam: zero-shot box-prompted SAM (ONNX); "
+                         "grabcut: OpenCV GrabCut; box: the filled box")
+    lb.add_argument("--model", type=Path, help="run directory of `mal train`, or a .ckpt (engine mal)")
+    lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")
+    lb.add_argument("--sam-decoder", type=Path, help="SAM prompt encoder + mask decoder ONNX (engine sam)")
     lb.add_argument("--images", required=True, type=Path)
     lb.add_argument("--annotations", required=True, type=Path)
     lb.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
@@ -96,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, type=Path)
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compare", help="metrics of several prediction files side by side")
+    c.add_argument("--gt", required=True, type=Path)
+    c.add_argument("preds", nargs="+", type=Path, help="prediction COCO files (same boxes as --gt)")
+    c.add_argument("--names", nargs="+", help="column names (default: file stems)")
+    c.add_argument("--json", type=Path, help="also write the comparison here")
+    c.set_defaults(func=_compare)
+
+    sh = sub.add_parser("show", help="static HTML page to inspect masks side by side")
+    sh.add_argument("--images", required=True, type=Path)
+    sh.add_argument("--pred", required=True, type=Path, action="append", help="prediction file (repeatable)")
+    sh.add_argument("--gt", type=Path, help="ground-truth masks (adds IoU and a gt column)")
+    sh.add_argument("--names", nargs="+")
+    sh.add_argument("--max-items", type=int, help="show only the first N rows (the page says how many were left out)")
+    sh.add_argument("--out", required=True, type=Path, help="output folder (index.html + overlays/)")
+    sh.set_defaults(func=_show)
 
     d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
     d.add_argument("--out", type=Path, default=Path("mal_demo"))

@@ -93,7 +93,7 @@ def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_ima
              progress: bool = True) -> dict:
     """Generate scenes, train briefly on their boxes, label them, and score against the known masks."""
     from .api import evaluate, format_report, label, train
-    from .label import label_filled_boxes
+    from .engines import build_engine, label_with_engine
     from .modeling.labeler import LabelerConfig
     from .train import TrainConfig
     out = Path(out)
@@ -103,7 +103,7 @@ def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_ima
                 train_config=TrainConfig(**DEMO_TRAIN), epochs=epochs or DEMO_EPOCHS, batch_size=8,
                 min_area=100, max_expand=DEMO_MAX_EXPAND, num_workers=0, progress=progress)
     summary = label(run, images, boxes, out / "masks.json", num_workers=0, progress=progress)
-    label_filled_boxes(images, boxes, out / "box_masks.json")
+    label_with_engine(build_engine("box"), images, boxes, out / "box_masks.json", num_workers=0, progress=False)
     rep, rep_box = evaluate(gt, out / "masks.json"), evaluate(gt, out / "box_masks.json")
     print("\nfilled-box baseline:\n" + format_report(rep_box))
     print("\nMAL labels:\n" + format_report(rep))

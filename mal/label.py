@@ -144,15 +144,3 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     summary.seconds = time.perf_counter() - t0
     return summary
 
-
-def label_filled_boxes(images: str | Path, annotations: str | Path | dict, out: str | Path) -> LabelSummary:
-    """The floor every method must beat: each box's mask is the filled box (score 1)."""
-    data = load_boxes(annotations, images, skip_crowd=False, check_files=False)
-    size = {im["id"]: (im["height"], im["width"]) for im in data.coco["images"]}
-    anns_by_id = {a["id"]: a for a in data.coco["annotations"]}
-    coco = {k: v for k, v in data.coco.items() if k != "annotations"}
-    coco["annotations"] = [
-        annotation_out(anns_by_id[r.ann_id], box_mask(xywh_to_xyxy(r.bbox), *size[r.image_id]) > 0, 1.0, None)
-        for r in data.records]
-    write_json_atomic(coco, out)
-    return LabelSummary(out=Path(out), images=len(size), boxes=len(data.records))

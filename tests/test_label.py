@@ -4,7 +4,7 @@ import json
 import pytest
 
 from mal.demo import make_scenes
-from mal.label import LabelError, label, label_filled_boxes
+from mal.label import LabelError, label
 from mal.modeling.labeler import LabelerConfig, build_labeler
 
 TINY = LabelerConfig(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
@@ -56,10 +56,3 @@ def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):
     kept = json.loads(out.read_text())["annotations"]
     assert kept and all(a["image_id"] != 3 for a in kept)
 
-
-def test_filled_box_baseline(scenes, tmp_path):
-    images, gt, boxes = scenes
-    label_filled_boxes(images, boxes, tmp_path / "box.json")
-    for a in json.loads((tmp_path / "box.json").read_text())["annotations"]:
-        x, y, w, h = a["bbox"]
-        assert a["area"] == pytest.approx(w * h, abs=w + h + 1) and a["score"] == 1.0
