@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--crf-ramp", type=int, default=4000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--ema", type=float, default=0.996)
-    p.add_argument("--max-expand", type=float, default=1.2)
+    p.add_argument("--max-margin", type=float, default=1.2)
     p.add_argument("--min-area", type=float, default=2048)
     p.add_argument("--precision", default="auto")
     p.add_argument("--num-workers", type=int, default=1)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                                          crf_ramp_steps=a.crf_ramp, warmup_steps=a.warmup,
                                          ema_momentum=a.ema),
                 weights=a.weights, epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size,
-                min_area=a.min_area, max_expand=a.max_expand, precision=a.precision, num_workers=a.num_workers, progress=False)
+                min_area=a.min_area, max_margin=a.max_margin, precision=a.precision, num_workers=a.num_workers, progress=False)
     t_train = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -27,7 +27,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
           labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
           weights: str | Path | None = None, strict_weights: bool = True,
           epochs: int = 10, max_steps: int = -1, batch_size: int = 16, min_area: float = 2048.0,
-          max_expand: float = 1.2, precision: str = "auto", accelerator: str = "auto",
+          max_margin: float = 1.2, precision: str = "auto", accelerator: str = "auto",
           devices: int | str = "auto", num_nodes: int = 1, num_workers: int = 1, seed: int = 0,
           resume: bool = False, progress: bool = True) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
@@ -46,7 +46,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True)
-    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_expand=max_expand, seed=seed)
+    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin, seed=seed)
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     steps = max_steps if max_steps > 0 else epochs * len(loader)

@@ -17,7 +17,7 @@ def _train(a) -> None:
                 train_config=TrainConfig(lr=a.lr, freeze_encoder=a.freeze_encoder),
                 weights=a.weights, strict_weights=not a.allow_missing_keys, epochs=a.epochs,
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=a.min_area,
-                max_expand=a.max_expand, precision=a.precision, devices=a.devices, num_nodes=a.num_nodes,
+                max_margin=a.max_margin, precision=a.precision, devices=a.devices, num_nodes=a.num_nodes,
                 num_workers=a.num_workers, seed=a.seed, resume=a.resume)
     print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
 
@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze-encoder", type=float, default=0.0,
                    help="fraction of encoder parameters (input side first) to keep frozen, 0..1")
     t.add_argument("--min-area", type=float, default=2048, help="train only on boxes of at least this area (px)")
-    t.add_argument("--max-expand", type=float, default=1.2, help="max random expansion per box side")
+    t.add_argument("--max-margin", type=float, default=1.2,
+                   help="training crops grow each axis by up to this many half-extents of the box, split "
+                        "at random between its two sides (labeling uses a fixed 1.3x)")
     t.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
                    help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
     t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")

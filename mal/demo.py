@@ -101,7 +101,7 @@ def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_ima
     print(f"demo data: {num_images} scenes in {images}, boxes in {boxes}, true masks in {gt}")
     run = train(images, boxes, out / "run", labeler=LabelerConfig(**DEMO_LABELER),
                 train_config=TrainConfig(**DEMO_TRAIN), epochs=epochs or DEMO_EPOCHS, batch_size=8,
-                min_area=100, max_expand=DEMO_MAX_EXPAND, num_workers=0, progress=progress)
+                min_area=100, max_margin=DEMO_MAX_MARGIN, num_workers=0, progress=progress)
     summary = label(run, images, boxes, out / "masks.json", num_workers=0, progress=progress)
     label_with_engine(build_engine("box"), images, boxes, out / "box_masks.json", num_workers=0, progress=False)
     rep, rep_box = evaluate(gt, out / "masks.json"), evaluate(gt, out / "box_masks.json")
@@ -112,4 +112,4 @@ def run_demo(out: str | Path = "mal_demo", *, epochs: int | None = None, num_ima
 
 
 DEMO_EPOCHS = 60
-DEMO_MAX_EXPAND = 2.0
+DEMO_MAX_MARGIN = 1.0

@@ -15,9 +15,9 @@ def test_random_ratios_bounded_and_paired():
     rng = np.random.default_rng(0)
     for _ in range(200):
         l, t, r, b = random_ratios(rng, 1.2)
-        assert all(1.0 <= v <= 1.2 + 1e-9 for v in (l, t, r, b))
-        # paired: the two sides of an axis together never expand more than one side's maximum
-        assert (l - 1) + (r - 1) <= 0.2 + 1e-9 and (t - 1) + (b - 1) <= 0.2 + 1e-9
+        assert all(1.0 <= v <= 2.2 + 1e-9 for v in (l, t, r, b))
+        # paired: the two sides of an axis together never grow by more than 1.2 half-extents
+        assert (l - 1) + (r - 1) <= 1.2 + 1e-9 and (t - 1) + (b - 1) <= 1.2 + 1e-9
 
 
 def test_crop_fills_outside_with_constant():

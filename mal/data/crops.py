@@ -28,7 +28,7 @@ def expand_box(box_xyxy, ratios) -> np.ndarray:
     """Grow a box around its centre and round outwards to an integer crop window.
 
     ratios: (left, top, right, bottom) scale of the half-extent on each side, e.g. 1.3 everywhere
-    (labeling) or random values in [1, max] (training). Returns int64 ``[x0, y0, x1, y1]`` with
+    (labeling) or random values from :func:`random_ratios` (training). Returns int64 ``[x0, y0, x1, y1]`` with
     x1 > x0 and y1 > y0 (at least one pixel).
     """
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
@@ -42,14 +42,16 @@ def expand_box(box_xyxy, ratios) -> np.ndarray:
     return win
 
 
-def random_ratios(rng: np.random.Generator, max_ratio: float) -> tuple[float, float, float, float]:
-    """Random per-side expansion ratios in [1, max_ratio] for training, paired across opposite sides.
+def random_ratios(rng: np.random.Generator, max_margin: float) -> tuple[float, float, float, float]:
+    """Random per-side expansion ratios for training, paired across opposite sides.
 
-    As in the official recipe: each side draws a margin in [0, max_ratio - 1], and one gate g per axis
-    splits it (left gets g, right 1 - g), so the box lands at a random place in the crop while the
-    crop never grows by more than ``max_ratio`` on an axis.
+    As in the official recipe: each side draws a margin in [0, max_margin] half-extents, and one gate g
+    per axis splits them (left gets g, right 1 - g). So an axis grows by at most ``max_margin``
+    half-extents in all (ratios 1..1+max_margin per side), and the box lands at a random place in
+    the crop. Enough context matters: with little of it, "everything but a thin border" satisfies
+    the MIL loss and the labeler degenerates into the filled box.
     """
-    m = rng.uniform(0.0, max_ratio - 1.0, size=4)
+    m = rng.uniform(0.0, max_margin, size=4)
     gx, gy = rng.uniform(size=2)
     return (1 + m[0] * gx, 1 + m[1] * gy, 1 + m[2] * (1 - gx), 1 + m[3] * (1 - gy))
 

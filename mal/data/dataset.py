@@ -30,14 +30,14 @@ class TrainCrops(Dataset):
     """
 
     def __init__(self, data: BoxDataset, crop_size: int, *, min_area: float = 2048.0,
-                 max_expand: float = 1.2, seed: int = 0):
+                 max_margin: float = 1.2, seed: int = 0):
         self.data = data
         self.records = [r for r in data.records if r.bbox[2] * r.bbox[3] >= min_area]
         if not self.records:
             raise ValueError(f"no box has an area of at least {min_area:g} px "
                              f"({len(data.records)} boxes); lower --min-area")
         self.size = crop_size
-        self.max_expand = max_expand
+        self.max_margin = max_margin
         self.seed = seed
         self.augment = student_augment()
 
@@ -49,7 +49,7 @@ class TrainCrops(Dataset):
         rng = np.random.default_rng()  # fresh OS entropy per item: no duplicated streams across workers
         image = read_rgb(self.data.image_path(r.file_name))
         box = xywh_to_xyxy(r.bbox)
-        window = expand_box(box, random_ratios(rng, self.max_expand))
+        window = expand_box(box, random_ratios(rng, self.max_margin))
         crop = crop_and_resize(image, window, self.size)
         m = self.size // MASK_STRIDE
         bmask = box_mask(box_in_crop(box, window, self.size) / MASK_STRIDE, m, m)
