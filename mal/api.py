@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -46,7 +45,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True)
-    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin, seed=seed)
+    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                         num_workers=num_workers, persistent_workers=num_workers > 0)
     steps = max_steps if max_steps > 0 else epochs * len(loader)

@@ -74,6 +74,24 @@ def annotation_out(ann: dict, mask: np.ndarray, score: float, fallback: str | No
     return out
 
 
+def skip_bad_image(item: dict, summary: LabelSummary, skip: bool, pbar) -> None:
+    """An unreadable image: stop with its name (nothing written yet), or, with ``skip``, report it."""
+    if not skip:
+        raise LabelError(item["error"] + " (nothing was written; use --skip-bad-images to skip such "
+                         "images and report them)")
+    log.warning("skipping image: %s", item["error"])
+    summary.skipped_images.append(item["error"])
+    pbar.update(len(item["records"]))
+
+
+def write_labels(data: BoxDataset, results: dict[int, dict], out: str | Path) -> None:
+    """The input COCO file with its annotations replaced by ``results`` (same order), atomically.
+    Annotations of skipped images are left out (they are reported in the summary)."""
+    coco = {k: v for k, v in data.coco.items() if k != "annotations"}
+    coco["annotations"] = [results[a["id"]] for a in data.coco["annotations"] if a["id"] in results]
+    write_json_atomic(coco, out)
+
+
 def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str | Path | dict,
           out: str | Path, *, batch_size: int = 16, num_workers: int = 1, device: str = "auto",
           precision: str = "auto", threshold: float = 0.5, expand: float = 1.3,
@@ -123,12 +141,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
 
     for item in loader:
         if "error" in item:
-            if not skip_bad_images:
-                raise LabelError(item["error"] + " (nothing was written; use --skip-bad-images to "
-                                 "skip such images and report them)")
-            log.warning("skipping image: %s", item["error"])
-            summary.skipped_images.append(item["error"])
-            pbar.update(len(item["records"]))
+            skip_bad_image(item, summary, skip_bad_images, pbar)
             continue
         pending.append(item)
         if sum(len(it["records"]) for it in pending) >= batch_size:
@@ -137,10 +150,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
         flush()
     pbar.close()
 
-    coco = {k: v for k, v in data.coco.items() if k != "annotations"}
-    # Same order as the input; annotations of skipped images are left out (and reported).
-    coco["annotations"] = [results[a["id"]] for a in data.coco["annotations"] if a["id"] in results]
-    write_json_atomic(coco, out)
+    write_labels(data, results, out)
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -30,7 +30,7 @@ class TrainCrops(Dataset):
     """
 
     def __init__(self, data: BoxDataset, crop_size: int, *, min_area: float = 2048.0,
-                 max_margin: float = 1.2, seed: int = 0):
+                 max_margin: float = 1.2):
         self.data = data
         self.records = [r for r in data.records if r.bbox[2] * r.bbox[3] >= min_area]
         if not self.records:
@@ -38,7 +38,6 @@ class TrainCrops(Dataset):
                              f"({len(data.records)} boxes); lower --min-area")
         self.size = crop_size
         self.max_margin = max_margin
-        self.seed = seed
         self.augment = student_augment()
 
     def __len__(self) -> int:
@@ -46,7 +45,9 @@ class TrainCrops(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        rng = np.random.default_rng()  # fresh OS entropy per item: no duplicated streams across workers
+        # Drawn from torch's RNG, which DataLoader seeds per worker and epoch from the main process:
+        # reproducible under seed_everything, and no two workers share a stream.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         image = read_rgb(self.data.image_path(r.file_name))
         box = xywh_to_xyxy(r.bbox)
         window = expand_box(box, random_ratios(rng, self.max_margin))
@@ -79,22 +80,34 @@ class ImageCrops(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         entry, records = self.groups[i]
-        item = {"image": entry, "records": records}
-        try:
-            image = read_rgb(self.data.image_path(entry["file_name"]))
-        except ValueError as e:
-            item["error"] = str(e)
+        item = read_image_item(self.data, entry, records)
+        if "error" in item:
             return item
-        if image.shape[:2] != (entry["height"], entry["width"]):
-            item["error"] = (f"{self.data.image_path(entry['file_name'])}: image is "
-                             f"{image.shape[1]}x{image.shape[0]} but the COCO file says "
-                             f"{entry['width']}x{entry['height']}")
-            return item
+        image = item.pop("pixels")
         windows = np.stack([expand_box(xywh_to_xyxy(r.bbox), (self.expand,) * 4) for r in records])
         crops = np.stack([crop_and_resize(image, w, self.size) for w in windows])
         item["crops"] = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
         item["windows"] = windows
         return item
+
+
+def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> dict:
+    """``{"image": entry, "records": records, "pixels": HxWx3 uint8}``, or ``"error"`` (a message naming
+    the file) instead of pixels when the image cannot be read or its size disagrees with the COCO file,
+    so a labeling loop can report or skip it rather than crash in a worker."""
+    item = {"image": entry, "records": records}
+    path = data.image_path(entry["file_name"])
+    try:
+        pixels = read_rgb(path)
+    except ValueError as e:  # ImageError names the file
+        item["error"] = str(e)
+        return item
+    if pixels.shape[:2] != (entry["height"], entry["width"]):
+        item["error"] = (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
+                         f"says {entry['width']}x{entry['height']}")
+        return item
+    item["pixels"] = pixels
+    return item
 
 
 def collate_single(items: list[dict]) -> dict:

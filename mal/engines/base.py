@@ -18,10 +18,8 @@ from tqdm import tqdm
 
 from ..data.coco import BoxDataset, BoxRecord, load_boxes
 from ..data.crops import box_mask, xywh_to_xyxy
-from ..data.dataset import collate_single
-from ..data.images import read_rgb
-from ..label import LabelError, LabelSummary, annotation_out
-from ..masks import write_json_atomic
+from ..data.dataset import collate_single, read_image_item
+from ..label import LabelSummary, annotation_out, skip_bad_image, write_labels
 
 log = logging.getLogger("mal")
 
@@ -54,19 +52,7 @@ class _ImageReader(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         entry, records = self.groups[i]
-        item = {"image": entry, "records": records}
-        path = self.data.image_path(entry["file_name"])
-        try:
-            pixels = read_rgb(path)
-        except ValueError as e:  # ImageError names the file
-            item["error"] = str(e)
-            return item
-        if pixels.shape[:2] != (entry["height"], entry["width"]):
-            item["error"] = (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
-                             f"says {entry['width']}x{entry['height']}")
-            return item
-        item["pixels"] = pixels
-        return item
+        return read_image_item(self.data, entry, records)
 
 
 def _check_output(engine: Engine, masks, scores, n: int, H: int, W: int, file_name: str):
@@ -107,12 +93,7 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
         for item in loader:
             entry, records = item["image"], item["records"]
             if "error" in item:
-                if not skip_bad_images:
-                    raise LabelError(item["error"] + " (nothing was written; use --skip-bad-images "
-                                     "to skip such images and report them)")
-                log.warning("skipping image: %s", item["error"])
-                summary.skipped_images.append(item["error"])
-                pbar.update(len(records))
+                skip_bad_image(item, summary, skip_bad_images, pbar)
                 continue
             H, W = int(entry["height"]), int(entry["width"])
             boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
@@ -132,9 +113,6 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     finally:
         pbar.close()
 
-    coco = {k: v for k, v in data.coco.items() if k != "annotations"}
-    # Same order as the input; annotations of skipped images are left out (and reported).
-    coco["annotations"] = [results[a["id"]] for a in data.coco["annotations"] if a["id"] in results]
-    write_json_atomic(coco, out)
+    write_labels(data, results, out)
     summary.seconds = time.perf_counter() - t0
     return summary
