@@ -98,6 +98,13 @@ BAD_CASES = [
     ("non_positive_width", _set(("images", 1, "width"), 0), ["image id 2 (b.jpg)", "width"]),
     ("dup_category_id", _set(("categories", 1, "id"), 1), ["category id 1", "duplicate category id"]),
     ("missing_image_file", _set(("images", 1, "file_name"), "gone.png"), ["image id 2 (gone.png)", "file not found"]),
+    ("empty_file", "  \n", ["file is empty"]),
+    ("inf_box", _set(("annotations", 0, "bbox"), [5, 5, math.inf, 3]), ["annotation id 10", "NaN or inf"]),
+    ("string_box", _set(("annotations", 0, "bbox"), ["5", "5", "3", "3"]), ["annotation id 10", "list of 4 numbers"]),
+    ("bad_iscrowd", _set(("annotations", 2, "iscrowd"), 2), ["annotation id 12", "iscrowd must be 0 or 1"]),
+    ("missing_height", lambda c: c["images"][0].pop("height"), ["image id 1 (a.jpg)", "missing height"]),
+    ("image_not_object", _set(("images", 2), "unused.jpg"), ["image #2", "not an object"]),
+    ("annotations_not_list", _set(("annotations",), {}), ['"annotations" must be a list']),
 ]
 
 
@@ -135,6 +142,35 @@ def test_partially_outside_box_is_clipped(tmp_path, images_dir, caplog):
     assert rec.bbox == (0.0, 30.0, 15.0, 10.0)
     assert len(ds.warnings) == 1 and "annotation id 10" in ds.warnings[0] and "clipped" in ds.warnings[0]
     assert "annotation id 10" in caplog.text
+    with pytest.raises(CocoError, match=r"annotation id 10: bbox \[-5, 30, 20, 20\] partly outside .*--strict"):
+        load_boxes(coco, images_dir, strict=True)
+    coco["annotations"][0]["bbox"] = [0, 30, 50.0000001, 10]  # float noise: silently clipped, even strict
+    assert load_boxes(coco, images_dir, strict=True).warnings == []
+
+
+def test_clipped_boxes_are_counted_past_the_log_cap(images_dir, caplog):
+    coco = _base()
+    coco["annotations"] = [{"id": i, "image_id": 1, "category_id": 1, "bbox": [-1, 0, 10, 10]} for i in range(30)]
+    with caplog.at_level(logging.WARNING, logger="mal"):
+        ds = load_boxes(coco, images_dir)
+    assert ds.warnings[-1].startswith("clipped 30 boxes partly outside their image")
+    assert "... and 10 more warning(s)" in caplog.text and "clipped 30 boxes" in caplog.text
+
+
+def test_utf8_bom_and_directory(tmp_path, images_dir):
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf" + json.dumps(_base()).encode())
+    assert len(load_boxes(p, images_dir).records) == 3
+    with pytest.raises(CocoError, match="is a directory"):
+        load_coco_json(images_dir)
+
+
+def test_all_files_missing_is_one_line(tmp_path):
+    with pytest.raises(CocoError) as exc:
+        load_boxes(_base(), tmp_path)
+    msg = str(exc.value)
+    assert "1 problem(s)" in msg and "none of the 2 annotated image files exists under" in msg
+    assert "is the images folder right?" in msg
 
 
 def test_crowd_skipped_with_warning(tmp_path, images_dir):

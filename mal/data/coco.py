@@ -7,6 +7,15 @@ point of the labeler is to produce masks from boxes alone.
 All problems are collected first and reported in a single :class:`CocoError`,
 so a user fixing a broken export sees everything at once instead of one error
 per run, and nothing expensive (model loading, training) starts on bad data.
+
+Errors (always): unreadable/empty/malformed JSON, missing or ill-typed keys,
+duplicate image/annotation/category ids, unknown image_id/category_id, a bbox
+that is not 4 finite numbers, has zero/negative size, lies entirely outside
+its image or is under 1 px once clipped, image entries without a positive
+width/height, and image files that do not exist.
+Warnings (errors with ``strict=True``, CLI ``--strict``): boxes partly outside
+their image, which are clipped to it. Crowd annotations skipped for training
+are a documented COCO feature, not a defect, and stay a note even when strict.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ class BoxDataset:
     records: list[BoxRecord]
     images_dir: Path
     warnings: list[str] = field(default_factory=list)
+    # --strict: image-level fallbacks (see mal.data.dataset.read_image_item) become errors too.
+    strict: bool = False
 
     def by_image(self) -> list[tuple[dict, list[BoxRecord]]]:
         """``(image entry, its records)`` for every image with >= 1 record, in file order."""
@@ -110,11 +121,16 @@ def load_coco_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     label = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: Windows tools often write a byte-order mark, which json.loads rejects.
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise CocoError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise CocoError(f"{label}: is a directory, not a COCO JSON file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CocoError(f"{label}: cannot read file: {exc}") from exc
+    if not text.strip():
+        raise CocoError(f"{label}: file is empty")
     try:
         coco = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -135,6 +151,17 @@ def _fmt_box(b: tuple[float, ...] | list) -> str:
     return "[" + ", ".join(f"{float(v):g}" for v in b) + "]"
 
 
+def _missing_files(images: dict[int, dict], per_image: dict, images_dir: Path) -> list[str]:
+    """One problem per annotated image whose file does not exist; a single line when none exists
+    at all, which almost always means a wrong images folder rather than missing files."""
+    needed = [(iid, img["file_name"]) for iid, img in images.items() if iid in per_image]
+    missing = [(iid, f) for iid, f in needed if not (images_dir / f).is_file()]
+    if len(missing) > 1 and len(missing) == len(needed):
+        return [f"none of the {len(needed)} annotated image files exists under {images_dir} "
+                f"(e.g. {missing[0][1]}): is the images folder right?"]
+    return [f"image id {iid} ({f}): file not found: {images_dir / f}" for iid, f in missing]
+
+
 # ---------------------------------------------------------------------------
 # main entry point
 
@@ -145,12 +172,13 @@ def load_boxes(
     *,
     check_files: bool = True,
     skip_crowd: bool = True,
+    strict: bool = False,
 ) -> BoxDataset:
     """Validate a COCO instances file and return its usable boxes.
 
     ``annotations`` is a path or an already-loaded dict. Boxes partly outside
-    their image are clipped (with a warning); every real problem is collected
-    and raised together as one :class:`CocoError`.
+    their image are clipped (with a warning, or an error if ``strict``); every
+    real problem is collected and raised together as one :class:`CocoError`.
     """
     if isinstance(annotations, dict):
         label = "<dict>"
@@ -209,7 +237,7 @@ def load_boxes(
     # --- annotations ------------------------------------------------------
     ann_ids: set[int] = set()
     per_image: dict[int, list[BoxRecord]] = {}
-    n_crowd = 0
+    n_crowd = n_clipped = 0
     for i, ann in enumerate(coco["annotations"]):
         name = _ann_name(ann, i)
         if not isinstance(ann, dict):
@@ -235,7 +263,10 @@ def load_boxes(
         elif cid not in cat_ids:
             problems.append(f"{name}: unknown category_id {cid}")
 
-        if skip_crowd and ann.get("iscrowd", 0) in (1, True):
+        if ann.get("iscrowd", 0) not in (0, 1):  # bools compare equal to 0/1: tolerated
+            problems.append(f"{name}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+            continue
+        if skip_crowd and ann.get("iscrowd", 0) == 1:
             # Crowd regions box many objects at once; not a per-instance target.
             n_crowd += 1
             continue
@@ -273,10 +304,12 @@ def load_boxes(
             continue
         clipped = (x0, y0, cw, ch)
         if max(abs(a - b) for a, b in zip(clipped, (x, y, w, h))) > _CLIP_WARN_EPS:
-            warns.append(
-                f"{name}: bbox {_fmt_box(bbox)} partly outside image id {iid} ({W}x{H}); "
-                f"clipped to {_fmt_box(clipped)}"
-            )
+            n_clipped += 1
+            where = f"{name}: bbox {_fmt_box(bbox)} partly outside image id {iid} ({W}x{H})"
+            if strict:
+                problems.append(f"{where}; not clipped because of --strict")
+                continue
+            warns.append(f"{where}; clipped to {_fmt_box(clipped)}")
         if _is_int(aid) and _is_int(cid):
             per_image.setdefault(int(iid), []).append(
                 BoxRecord(int(aid), int(iid), int(cid), clipped, img["file_name"], W, H)
@@ -284,12 +317,7 @@ def load_boxes(
 
     # --- image files (only those that will actually be read) ------------
     if check_files:
-        for iid, img in images.items():
-            if iid in per_image and not (images_dir / img["file_name"]).is_file():
-                problems.append(
-                    f"image id {iid} ({img['file_name']}): file not found: "
-                    f"{images_dir / img['file_name']}"
-                )
+        problems += _missing_files(images, per_image, images_dir)
 
     if problems:
         lines = [f"  - {p}" for p in problems[:_MAX_PROBLEM_LINES]]
@@ -297,13 +325,20 @@ def load_boxes(
             lines.append(f"  ... and {len(problems) - _MAX_PROBLEM_LINES} more")
         raise CocoError(f"{label}: {len(problems)} problem(s) in the COCO file:\n" + "\n".join(lines))
 
-    if n_crowd:
-        warns.append(f"skipped {n_crowd} crowd annotation(s) (iscrowd=1)")
     for msg in warns[:_MAX_LOGGED_WARNINGS]:
         logger.warning("%s: %s", label, msg)
     if len(warns) > _MAX_LOGGED_WARNINGS:
         logger.warning("%s: ... and %d more warning(s)", label, len(warns) - _MAX_LOGGED_WARNINGS)
+    # Totals are logged even when the details above were cut short.
+    totals = []
+    if n_clipped > 1:
+        totals.append(f"clipped {n_clipped} boxes partly outside their image (--strict makes this an error)")
+    if n_crowd:
+        totals.append(f"skipped {n_crowd} crowd annotation(s) (iscrowd=1)")
+    for msg in totals:
+        logger.warning("%s: %s", label, msg)
 
     # Records grouped by image in file order, then annotation order.
     records = [r for iid in images if iid in per_image for r in per_image[iid]]
-    return BoxDataset(coco=coco, records=records, images_dir=images_dir, warnings=warns)
+    return BoxDataset(coco=coco, records=records, images_dir=images_dir, warnings=warns + totals,
+                      strict=strict)

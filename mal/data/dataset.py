@@ -1,6 +1,8 @@
 """Torch datasets over boxes: random-expansion training crops, fixed-expansion labeling crops."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -8,7 +10,9 @@ from torchvision.transforms import v2 as T
 
 from .coco import BoxDataset, BoxRecord
 from .crops import box_in_crop, box_mask, crop_and_resize, expand_box, random_ratios, xywh_to_xyxy
-from .images import read_rgb
+from .images import ImageError, read_rgb
+
+log = logging.getLogger("mal")
 
 MASK_STRIDE = 4  # the decoder's output stride
 
@@ -27,6 +31,10 @@ class TrainCrops(Dataset):
 
     Item: ``image`` (3, S, S) uint8 clean crop (teacher), ``image_aug`` (3, S, S) uint8 (student),
     ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution.
+
+    An unreadable image (see :func:`read_image_item`) is reported once and its boxes are replaced by
+    the next readable ones: losing a few training boxes is harmless, stopping a long run is not.
+    With ``data.strict`` it raises :class:`ImageError` instead.
     """
 
     def __init__(self, data: BoxDataset, crop_size: int, *, min_area: float = 2048.0,
@@ -39,16 +47,34 @@ class TrainCrops(Dataset):
         self.size = crop_size
         self.max_margin = max_margin
         self.augment = student_augment()
+        self.bad_files: set[str] = set()  # per worker process; each reports a bad file once
+
+    def _read(self, i: int) -> tuple[BoxRecord, np.ndarray]:
+        """Record ``i`` and its image, or the next record whose image is readable."""
+        n = len(self.records)
+        for k in range(n):
+            r = self.records[(i + k) % n]
+            if r.file_name in self.bad_files:
+                continue
+            entry = {"file_name": r.file_name, "width": r.width, "height": r.height}
+            item = read_image_item(self.data, entry, [r])
+            if "pixels" in item:
+                return r, item["pixels"]
+            if self.data.strict:
+                raise ImageError(item["error"] + " (--strict: not skipping it)")
+            log.warning("training without this image: %s", item["error"])
+            self.bad_files.add(r.file_name)
+        raise ImageError(f"none of the {len(self.bad_files)} training images can be read "
+                         f"(e.g. {sorted(self.bad_files)[0]})")
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        r = self.records[i]
         # Drawn from torch's RNG, which DataLoader seeds per worker and epoch from the main process:
         # reproducible under seed_everything, and no two workers share a stream.
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        image = read_rgb(self.data.image_path(r.file_name))
+        r, image = self._read(i)
         box = xywh_to_xyxy(r.bbox)
         window = expand_box(box, random_ratios(rng, self.max_margin))
         crop = crop_and_resize(image, window, self.size)
@@ -94,17 +120,34 @@ class ImageCrops(Dataset):
 def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> dict:
     """``{"image": entry, "records": records, "pixels": HxWx3 uint8}``, or ``"error"`` (a message naming
     the file) instead of pixels when the image cannot be read or its size disagrees with the COCO file,
-    so a labeling loop can report or skip it rather than crash in a worker."""
+    so a labeling loop can report or skip it rather than crash in a worker.
+
+    EXIF orientation is applied (COCO sizes and boxes normally refer to the upright image, as viewers
+    show it). Some annotation tools ignore the tag, though, and record the stored size: when only the
+    stored pixels match the COCO size, they are used and the item carries a ``"warning"`` (an
+    ``"error"`` if ``data.strict``), since those are the pixels the boxes were drawn on."""
     item = {"image": entry, "records": records}
     path = data.image_path(entry["file_name"])
+    W, H = int(entry["width"]), int(entry["height"])
     try:
         pixels = read_rgb(path)
+        if pixels.shape[:2] == (W, H) != (H, W):
+            stored = read_rgb(path, orient=False)
+            if stored.shape[:2] == (H, W):
+                msg = (f"{path}: its EXIF orientation turns it to {H}x{W}, but the COCO file says {W}x{H}, "
+                       "its size as stored (the annotation tool ignored the orientation)")
+                if data.strict:
+                    item["error"] = msg + "; not using the stored pixels because of --strict"
+                    return item
+                item["warning"] = msg + "; using the stored pixels, on which the boxes were drawn"
+                log.warning(item["warning"])
+                pixels = stored
     except ValueError as e:  # ImageError names the file
         item["error"] = str(e)
         return item
-    if pixels.shape[:2] != (entry["height"], entry["width"]):
+    if pixels.shape[:2] != (H, W):
         item["error"] = (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
-                         f"says {entry['width']}x{entry['height']}")
+                         f"says {W}x{H}")
         return item
     item["pixels"] = pixels
     return item

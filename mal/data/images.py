@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageError", "read_rgb"]
 
@@ -36,10 +36,13 @@ def _high_depth_to_rgb(img: Image.Image) -> np.ndarray:
     else:
         # "I" (int32) and "F" (float32) do not record the real bit depth.
         # 16-bit PNGs/TIFFs often arrive as "I", so values above 255 are
-        # taken as 16-bit data; values already within 0..255 are kept as is.
+        # taken as 16-bit data; float images within 0..1 (the usual float
+        # convention) are stretched to 0..255; anything else is kept as is.
         a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
         if a.size and a.max() > 255:
             a = a / 256.0
+        elif img.mode == "F" and a.size and a.min() >= 0 and 0 < a.max() <= 1:
+            a = a * 255.0
         out = np.floor(a)
     out = np.clip(out, 0, 255).astype(np.uint8)
     return np.repeat(out[:, :, None], 3, axis=2)
@@ -59,29 +62,33 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, *, orient: bool = True) -> np.ndarray:
     """Read an image file as an ``H x W x 3`` uint8 RGB array.
 
-    EXIF orientation is applied, so the array matches what viewers (and box
-    annotators) display. Raises :class:`ImageError` naming the file when it is
-    missing, not an image, or truncated/corrupt.
+    With ``orient`` (default) EXIF orientation is applied, so the array matches
+    what viewers (and most box annotators) display; ``orient=False`` gives the
+    pixels as stored. Raises :class:`ImageError` naming the file when it is
+    missing, empty, not an image, or truncated/corrupt.
     """
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: file not found")
     if not path.is_file():
-        raise ImageError(f"{path}: not a regular file")
+        raise ImageError(f"{path}: not a regular file (a directory?)")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as img:
             # Force the full decode now: PIL decodes lazily, so a truncated
             # file would otherwise fail later, far from the file name.
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if orient:
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
-    except ImageError:
-        raise
     except MemoryError:
         raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (format not recognised)") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
         reason = str(exc) or type(exc).__name__
-        raise ImageError(f"{path}: cannot decode image: {reason}") from exc
+        raise ImageError(f"{path}: cannot decode image (truncated or corrupt?): {reason}") from exc
