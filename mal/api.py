@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 import warnings
 from dataclasses import replace
@@ -17,9 +19,21 @@ from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label  # noqa: F401  (re-exported)
 from .modeling.labeler import LabelerConfig, save_labeler
 from .runtime import resolve_precision
-from .train import MALModule, TrainConfig, module_kwargs
+from .train import MALModule, ReplicaSyncCheck, TrainConfig, module_kwargs
 
 log = logging.getLogger("mal")
+
+
+def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
+    """Devices per node and nodes: those of torchrun when it started us and nothing was asked for.
+
+    Lightning needs ``devices`` x ``num_nodes`` to equal torchrun's world size; on CPU its "auto" is
+    1 device, which under ``torchrun --nproc_per_node 2`` would train 2 unrelated models."""
+    if (devices == "auto" and num_nodes == 1 and torch.distributed.is_available()
+            and torch.distributed.is_torchelastic_launched()):
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return per_node, int(os.environ["WORLD_SIZE"]) // per_node
+    return devices, num_nodes
 
 
 def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
@@ -28,11 +42,14 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
           epochs: int = 10, max_steps: int = -1, batch_size: int = 16, min_area: float = 2048.0,
           max_margin: float = 1.2, precision: str = "auto", accelerator: str = "auto",
           devices: int | str = "auto", num_nodes: int = 1, num_workers: int = 1, seed: int = 0,
-          resume: bool = False, progress: bool = True) -> Path:
+          resume: bool = False, strict: bool = False, progress: bool = True) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
     The run directory gets Lightning checkpoints (``checkpoints/last.ckpt``, used by ``resume``),
     and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
+    With several devices or nodes (or under torchrun) it trains with DDP: ``batch_size`` is per
+    process, each process sees its own share of the boxes, and only rank 0 writes files.
+    ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
     """
     out = Path(out)
     # Our encoder keeps its BatchNorms in eval mode on purpose (see Encoder.train); Lightning's
@@ -44,34 +61,50 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     labeler = labeler or LabelerConfig()
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)
-    data = load_boxes(annotations, images, skip_crowd=True)
+    data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
     ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
-    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
-                        num_workers=num_workers, persistent_workers=num_workers > 0)
-    steps = max_steps if max_steps > 0 else epochs * len(loader)
-    cfg = replace(cfg, total_steps=steps)
-    log.info("training on %d of %d boxes (area >= %g px), %d steps", len(ds), len(data.records), min_area, steps)
 
     acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
+    devices, num_nodes = launcher_world(devices, num_nodes)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
-                                       strict_weights=strict_weights))
+    if resume and not last.is_file():
+        log.warning("--resume: no checkpoint at %s; training from the start", last)
+    every = max(1, min(500, max_steps)) if max_steps > 0 else 500  # checkpoint cadence (steps)
     trainer = L.Trainer(
         default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
         precision="bf16-mixed" if prec == "bf16" else "32-true",
-        max_epochs=epochs if max_steps <= 0 else -1, max_steps=steps,
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
-                                                       every_n_train_steps=max(1, min(500, steps)))],
+        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
+        # No version counter: a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside it.
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
+                                                       enable_version_counter=False),
+                   sync := ReplicaSyncCheck()],
         logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
     )
+    # Lightning gives each process a 1/world share of the boxes (DistributedSampler), so batches
+    # and the schedule's length are counted per process.
+    # (trainer.world_size is only set once fit() has started the processes.)
+    world = trainer.num_devices * trainer.num_nodes
+    per_process = math.ceil(len(ds) / world)
+    loader = DataLoader(ds, batch_size=min(batch_size, per_process), shuffle=True, drop_last=True,
+                        num_workers=num_workers, persistent_workers=num_workers > 0)
+    steps = max_steps if max_steps > 0 else epochs * (per_process // loader.batch_size)
+    cfg = replace(cfg, total_steps=steps)
+    log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d crops", len(ds),
+             len(data.records), min_area, steps, world, loader.batch_size)
+
+    module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
+                                       strict_weights=strict_weights))
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.global_step % every:  # the last stretch since the periodic checkpoint: resumable too
+        trainer.save_checkpoint(last)
     if trainer.is_global_zero:
         save_labeler(module.teacher, out)
         secs = time.perf_counter() - t0
-        log.info("trained %d steps in %.0f s (%.2f crops/s); labeler saved to %s", trainer.global_step,
-                 secs, trainer.global_step * loader.batch_size / max(secs, 1e-9), out)
+        done = trainer.global_step - sync.start_step
+        log.info("trained %d steps (to step %d) in %.0f s (%.2f crops/s); labeler saved to %s", done,
+                 trainer.global_step, secs, done * loader.batch_size * world / max(secs, 1e-9), out)
     return out

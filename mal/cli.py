@@ -8,20 +8,55 @@ from pathlib import Path
 
 
 def _train(a) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from .api import train
     from .modeling.labeler import LabelerConfig
     from .train import TrainConfig
     run = train(a.images, a.annotations, a.out,
-                labeler=LabelerConfig(backbone=a.backbone, crop_size=a.crop_size, decoder_dim=a.decoder_dim),
+                labeler=LabelerConfig(backbone=a.backbone, crop_size=a.crop_size, decoder_dim=a.decoder_dim,
+                                      timm_kwargs=a.timm_kwargs),
                 train_config=TrainConfig(lr=a.lr, freeze_encoder=a.freeze_encoder),
                 weights=a.weights, strict_weights=not a.allow_missing_keys, epochs=a.epochs,
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=a.min_area,
-                max_margin=a.max_margin, precision=a.precision, devices=a.devices, num_nodes=a.num_nodes,
-                num_workers=a.num_workers, seed=a.seed, resume=a.resume)
-    print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
+                max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
+                devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
+                seed=a.seed, resume=a.resume, strict=a.strict)
+    if rank_zero_only.rank == 0:  # every DDP process runs this; one line is enough
+        print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
+
+
+def _devices(v: str) -> int | str:
+    """--devices: a count ("2", "-1" = all) or what Lightning parses itself ("auto", "0,1")."""
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _json_object(v: str) -> dict:
+    import json
+    try:
+        d = json.loads(v)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"drop_path_rate\": 0.1}'")
+    return d
+
+
+def _check_strict_label(a) -> None:
+    """--strict on `mal label`: a clipped box is an error too (checked here, before any work)."""
+    if a.skip_bad_images:
+        raise ValueError("--strict and --skip-bad-images contradict each other (--strict makes every "
+                         "skip an error); pass one of them")
+    from .data.coco import load_boxes
+    load_boxes(a.annotations, a.images, skip_crowd=False, strict=True)
 
 
 def _label(a) -> None:
+    if a.strict:
+        _check_strict_label(a)
     if a.engine == "mal":
         if a.model is None:
             raise ValueError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
@@ -70,6 +105,16 @@ def _demo(a) -> None:
     run_demo(a.out, epochs=a.epochs)
 
 
+def _message(e: BaseException) -> str:
+    """The error's own message; one re-raised from a DataLoader worker carries the worker's traceback
+    text, of which only the last line (the original message) is meant for users."""
+    text = str(e)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mal", description="Mask Auto-Labeler: COCO boxes -> instance masks")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -98,11 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "at random between its two sides (labeling uses a fixed 1.3x)")
     t.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
                    help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
-    t.add_argument("--devices", default="auto", help="Lightning devices (e.g. 1, 4, auto)")
-    t.add_argument("--num-nodes", type=int, default=1)
+    t.add_argument("--timm-kwargs", type=_json_object, default={},
+                   help="extra timm constructor arguments as JSON, e.g. '{\"drop_path_rate\": 0.1}'")
+    t.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="auto = gpu when CUDA is available, else cpu")
+    t.add_argument("--devices", default="auto",
+                   help="devices (processes) per node: a count, -1 for all, or auto; more than one trains "
+                        "with DDP (under torchrun: taken from torchrun)")
+    t.add_argument("--num-nodes", type=int, default=1, help="machines taking part (DDP)")
     t.add_argument("--num-workers", type=int, default=1, help="data loading processes")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    t.add_argument("--strict", action="store_true",
+                   help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
+                        "unreadable images) instead of warning")
     t.set_defaults(func=_train)
 
     lb = sub.add_parser("label", help="give every box of a COCO file a mask")
@@ -122,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--num-workers", type=int, default=1)
     lb.add_argument("--skip-bad-images", action="store_true",
                     help="skip unreadable images (reported) instead of stopping")
+    lb.add_argument("--strict", action="store_true",
+                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
 
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
@@ -161,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     from .evaluate import EvalError
     from .label import LabelError
     from .modeling.encoder import WeightsError
+    from .train import ReplicaSyncError
     try:
         args.func(args)
-    except (CocoError, ImageError, EvalError, LabelError, WeightsError, FileNotFoundError, ValueError) as e:
-        print(f"mal {args.command}: error: {e}", file=sys.stderr)
+    except (CocoError, ImageError, EvalError, LabelError, WeightsError, ReplicaSyncError, FileNotFoundError,
+            ValueError) as e:
+        print(f"mal {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0
 

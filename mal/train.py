@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -11,6 +13,8 @@ import torch.nn.functional as F
 
 from .losses import crf_loss, mil_loss
 from .modeling.labeler import LabelerConfig, MaskLabeler, build_labeler
+
+log = logging.getLogger("mal")
 
 
 @dataclass
@@ -61,6 +65,23 @@ def freeze_leading(module: torch.nn.Module, fraction: float) -> int:
     return done
 
 
+def freeze_unused(model: MaskLabeler) -> list[str]:
+    """Freeze the parameters that take no part in the forward pass (e.g. the norm of a timm classifier
+    head that the encoder skips) and return their names. They would never change anyway (no gradient),
+    but DDP refuses to train with them unless it searches the graph for them on every step."""
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics are updated by this probe
+    S = model.config.crop_size
+    model(torch.zeros(1, 3, S, S)).float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in model.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio``."""
     if step < warmup:
@@ -80,6 +101,9 @@ class MALModule(L.LightningModule):
         self.cfg = TrainConfig(**train)
         self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights)
         freeze_leading(self.student.encoder, self.cfg.freeze_encoder)
+        unused = freeze_unused(self.student)
+        if unused:
+            log.debug("not trained (unused by the forward pass): %s", ", ".join(unused))
         self.teacher: MaskLabeler = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
 
@@ -108,7 +132,11 @@ class MALModule(L.LightningModule):
                       batch_size=box.shape[0], sync_dist=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # The EMA follows each optimizer step here rather than in on_train_batch_end, which Lightning
+        # runs after the checkpoint callback: checkpoints would hold a teacher one update behind its
+        # student, and every --resume would lose an update.
         ema_update(self.teacher, self.student, self.cfg.ema_momentum)
 
     def configure_optimizers(self):
@@ -126,3 +154,49 @@ class MALModule(L.LightningModule):
 
 def module_kwargs(labeler: LabelerConfig, train: TrainConfig, **kw) -> dict:
     return dict(labeler=asdict(labeler), train=asdict(train), **kw)
+
+
+def parameter_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of every parameter's name and bytes: equal digests = identical weights."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class ReplicaSyncError(RuntimeError):
+    """The training processes ended with different weights."""
+
+
+class ReplicaSyncCheck(L.Callback):
+    """At the end of training, every process logs the digest of its (student + teacher) weights and
+    all processes compare them. DDP keeps replicas identical only if nothing rank-dependent touches
+    the weights (initialisation, un-synchronised buffers, the EMA teacher); if something does, rank
+    0 would silently export its own model as if it were everyone's, so this fails loudly instead."""
+
+    start_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After a resume's restore: the digest and step this run starts from.
+        self.start_step = trainer.global_step
+        self.start_digest = parameter_digest(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        digest = parameter_digest(pl_module)
+        rank, world = trainer.global_rank, trainer.world_size
+        log.log(logging.INFO if world > 1 else logging.DEBUG,
+                "rank %d/%d: parameter digest %s after step %d (%s at the start of this run)",
+                rank, world, digest, trainer.global_step, self.start_digest)
+        if world == 1:
+            return
+        # 15 hex digits = 60 bits: fits an int64 tensor, which every backend (gloo, nccl) gathers.
+        mine = torch.tensor([int(digest[:15], 16)], dtype=torch.int64, device=pl_module.device)
+        gathered = [torch.zeros_like(mine) for _ in range(world)]
+        torch.distributed.all_gather(gathered, mine)
+        every = [f"{int(t.item()):015x}" for t in gathered]
+        if len(set(every)) > 1:
+            raise ReplicaSyncError("training processes ended with different weights (digest per rank: "
+                                   + ", ".join(f"{r}: {d}" for r, d in enumerate(every)) + ")")
+        if rank == 0:
+            log.info("replicas in sync: all %d processes end with parameter digest %s", world, digest)
