@@ -191,7 +191,8 @@ class ReplicaSyncCheck(L.Callback):
         if world == 1:
             return
         # 15 hex digits = 60 bits: fits an int64 tensor, which every backend (gloo, nccl) gathers.
-        mine = torch.tensor([int(digest[:15], 16)], dtype=torch.int64, device=pl_module.device)
+        mine = torch.tensor([int(digest[:15], 16)], dtype=torch.int64,
+                            device=next(pl_module.parameters()).device)
         gathered = [torch.zeros_like(mine) for _ in range(world)]
         torch.distributed.all_gather(gathered, mine)
         every = [f"{int(t.item()):015x}" for t in gathered]
