@@ -159,7 +159,9 @@ def _missing_files(images: dict[int, dict], per_image: dict, images_dir: Path) -
     if len(missing) > 1 and len(missing) == len(needed):
         return [f"none of the {len(needed)} annotated image files exists under {images_dir} "
                 f"(e.g. {missing[0][1]}): is the images folder right?"]
-    return [f"image id {iid} ({f}): file not found: {images_dir / f}" for iid, f in missing]
+    return [f"image id {iid} ({f}): "
+            + ("not a regular file (a directory?)" if (images_dir / f).exists() else "file not found")
+            + f": {images_dir / f}" for iid, f in missing]
 
 
 # ---------------------------------------------------------------------------
