@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["EvalError", "evaluate", "format_report"]
+__all__ = ["EvalError", "evaluate", "format_report", "to_rle"]
 
 BBOX_TOL = 1e-3  # px; boxes are copied through unchanged, so anything larger is a different box
 SMALL_MAX = 32 * 32  # COCO size rule: area < 32^2 is small
@@ -113,7 +113,7 @@ def _check_same_boxes(gt_anns: dict, pr_anns: dict, gt_imgs: dict, pr_imgs: dict
 # --------------------------------------------------------------------------- masks
 
 
-def _to_rle(seg: Any, h: int, w: int, aid: Any, name: str) -> dict:
+def to_rle(seg: Any, h: int, w: int, aid: Any, name: str) -> dict:
     """Any COCO segmentation -> one compressed RLE at (h, w)."""
     try:
         if isinstance(seg, list):  # polygons
@@ -235,8 +235,8 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
         h, w = int(img["height"]), int(img["width"])
         if g.get("segmentation") is None:
             raise EvalError(f"annotation {aid} in {gt_name} has no 'segmentation'")
-        gr = gt_rles[aid] = _to_rle(g["segmentation"], h, w, aid, gt_name)
-        pr = pr_rles[aid] = _to_rle(pr_anns[aid]["segmentation"], h, w, aid, pr_name)
+        gr = gt_rles[aid] = to_rle(g["segmentation"], h, w, aid, gt_name)
+        pr = pr_rles[aid] = to_rle(pr_anns[aid]["segmentation"], h, w, aid, pr_name)
         if g.get("iscrowd", 0):
             continue  # crowd regions are not single instances; only AP (which ignores them) sees them
         g_area = _area(gr)

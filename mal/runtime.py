@@ -42,3 +42,14 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning notices that are noise for mal users: the 'modules in eval mode' warning
+    (our encoders keep BatchNorm in eval on purpose), pytree deprecations and the logger advert."""
+    import logging
+    import warnings
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*treespec.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda r: "litlogger" not in r.getMessage())

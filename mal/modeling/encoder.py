@@ -123,10 +123,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> KeyReport:
+def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = True,
+                         head_prefixes: tuple[str, ...] = ("head.",)) -> KeyReport:
     """Load a local checkpoint into a timm model, adapting it with timm's own checkpoint filter
     (e.g. resampling ViT position embeddings to the crop size). Raises WeightsError on any key
-    mismatch unless ``strict=False``, in which case the mismatch is logged as a warning."""
+    mismatch unless ``strict=False``, in which case the mismatch is logged as a warning.
+    Keys under ``head_prefixes`` (the unused classifier: timm ``head.``, torchvision ``fc.``) may be
+    missing or extra."""
     path = Path(path)
     sd = _read_state_dict(path)
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
@@ -143,9 +146,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = T
                            f"{type(model).__name__}: " + "; ".join(shape_errors[:5]))
     result = model.load_state_dict(sd, strict=False)
     # The classifier head is never used (we take forward_features), so its absence is fine.
-    report = KeyReport(unexpected=[k for k in result.unexpected_keys if not k.startswith("head.")])
+    report = KeyReport(unexpected=[k for k in result.unexpected_keys if not k.startswith(head_prefixes)])
     for k in result.missing_keys:
-        (report.ignored if k.startswith("head.") else report.missing).append(k)
+        (report.ignored if k.startswith(head_prefixes) else report.missing).append(k)
     if report.missing or report.unexpected:
         msg = f"{path}: weights do not match {type(model).__name__}: {report.summary()}"
         if strict:

@@ -1,0 +1,145 @@
+"""`mal segment train|eval` and `mal retention`: argument parsing only (work in mal.segment)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ARCHS = ("maskrcnn_timm_fpn", "maskrcnn_r50_fpn")  # mal.segment.model.ARCHS, kept import-free here
+
+
+def _config(a):
+    from .model import SegmenterConfig
+    return SegmenterConfig(arch=a.arch, backbone=a.backbone, min_size=a.min_size, max_size=a.max_size,
+                           freeze_backbone=a.freeze_backbone)
+
+
+def _optim(a):
+    from .train import SegmentTrainConfig
+    return SegmentTrainConfig(lr=a.lr)
+
+
+def _ids(path: Path | None) -> set[int] | None:
+    """Image ids from a text file (one id per line, '#' comments)."""
+    if path is None:
+        return None
+    ids = set()
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if line:
+            try:
+                ids.add(int(line))
+            except ValueError:
+                raise ValueError(f"{path}:{n}: expected an image id, got {line!r}") from None
+    return ids
+
+
+def _train(a) -> None:
+    from .train import train_segmenter
+    run = train_segmenter(a.images, a.annotations, a.out, config=_config(a), optim=_optim(a),
+                          class_agnostic=a.class_agnostic, image_ids=_ids(a.image_ids), weights=a.weights,
+                          strict_weights=not a.allow_missing_keys, epochs=a.epochs, max_steps=a.max_steps,
+                          batch_size=a.batch_size, precision=a.precision, devices=a.devices,
+                          num_workers=a.num_workers, seed=a.seed, resume=a.resume)
+    print(f"trained segmenter: {run}  (next: mal segment eval --model {run} ...)")
+
+
+def _eval(a) -> None:
+    from ..masks import write_json_atomic
+    from .evaluate import evaluate_segmenter, format_ap
+    report = evaluate_segmenter(a.model, a.images, a.gt, image_ids=_ids(a.image_ids), device=a.device,
+                                precision=a.precision, num_workers=a.num_workers)
+    print(format_ap(report))
+    print(f"{report['images']} images, {report['detections']} detections, {report['seconds']} s")
+    if a.json:
+        write_json_atomic(report, a.json)
+
+
+def _pseudo(items: list[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for it in items:
+        name, sep, path = it.partition("=")
+        if not sep:  # a bare path: named by its file stem
+            name, path = Path(it).stem, it
+        if name in out:
+            raise ValueError(f"--pseudo name {name!r} given twice; use NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def _retention(a) -> None:
+    from .retention import format_retention, retention
+    report = retention(a.images, a.gt, _pseudo(a.pseudo), a.out, config=_config(a), optim=_optim(a),
+                       class_agnostic=a.class_agnostic, weights=a.weights, train_ids=_ids(a.train_ids),
+                       eval_ids=_ids(a.eval_ids), split_key=a.split_key, train_split=a.train_split,
+                       eval_split=a.eval_split, eval_fraction=a.eval_fraction, epochs=a.epochs,
+                       max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed,
+                       untrained=not a.no_untrained, precision=a.precision, num_workers=a.num_workers,
+                       resume=a.resume)
+    print(format_retention(report))
+    print(f"report: {Path(a.out) / 'retention.json'}")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=ARCHS, default="maskrcnn_timm_fpn",
+                   help="maskrcnn_timm_fpn: any timm backbone + light FPN/heads (CPU-friendly, default); "
+                        "maskrcnn_r50_fpn: torchvision's standard ResNet-50-FPN Mask R-CNN")
+    p.add_argument("--backbone", default="tiny_vit_5m_sam", help="timm model name or mal variant (timm arch)")
+    p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors/.pth); "
+                                                 "without them the backbone starts from scratch")
+    p.add_argument("--allow-missing-keys", action="store_true")
+    p.add_argument("--class-agnostic", action="store_true", help="one class 'object' for every box")
+    p.add_argument("--min-size", type=int, default=512, help="shorter image side after resizing")
+    p.add_argument("--max-size", type=int, default=640, help="longer image side cap")
+    p.add_argument("--freeze-backbone", type=float, default=0.0,
+                   help="fraction of backbone parameters (input side first) kept frozen, 0..1")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+
+
+def add_parsers(sub) -> None:
+    """Add `segment` (train, eval) and `retention` to the `mal` subcommands."""
+    seg = sub.add_parser("segment", help="phase 2: train / evaluate a Mask R-CNN on COCO masks")
+    ss = seg.add_subparsers(dest="segment_command", required=True)
+    t = ss.add_parser("train", help="train Mask R-CNN on the masks of a COCO file (auto-labels or human)")
+    t.add_argument("--images", required=True, type=Path)
+    t.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON with masks")
+    t.add_argument("--out", required=True, type=Path, help="run directory")
+    t.add_argument("--image-ids", type=Path, help="train only on these images (text file, one id per line)")
+    t.add_argument("--devices", default="auto")
+    _model_args(t)
+    t.set_defaults(func=_train)
+
+    e = ss.add_parser("eval", help="COCO box and mask AP of a trained segmenter")
+    e.add_argument("--model", required=True, type=Path, help="run directory of `mal segment train`")
+    e.add_argument("--images", required=True, type=Path)
+    e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth masks")
+    e.add_argument("--image-ids", type=Path, help="evaluate only these images (text file, one id per line)")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
+    e.add_argument("--num-workers", type=int, default=1)
+    e.add_argument("--json", type=Path, help="also write the report here")
+    e.set_defaults(func=_eval)
+
+    r = sub.add_parser("retention", help="train the same segmenter on human masks and on auto-labels; "
+                                         "compare their AP on held-out images")
+    r.add_argument("--images", required=True, type=Path)
+    r.add_argument("--gt", required=True, type=Path, help="COCO JSON with human masks")
+    r.add_argument("--pseudo", required=True, nargs="+",
+                   help="auto-label COCO files (same boxes), as NAME=PATH or PATH (named by its stem)")
+    r.add_argument("--out", required=True, type=Path, help="output folder (a run per label set + retention.json)")
+    r.add_argument("--train-ids", type=Path, help="training image ids (text file); with --eval-ids")
+    r.add_argument("--eval-ids", type=Path, help="held-out image ids (text file); never trained on")
+    r.add_argument("--split-key", default="coco_split", help="image field that names the split")
+    r.add_argument("--train-split", default="train2017")
+    r.add_argument("--eval-split", default="val2017")
+    r.add_argument("--eval-fraction", type=float,
+                   help="random held-out fraction (seeded) when images carry no split field")
+    r.add_argument("--no-untrained", action="store_true", help="skip scoring the untrained model (the floor)")
+    _model_args(r)
+    r.set_defaults(func=_retention)

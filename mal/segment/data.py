@@ -1,0 +1,147 @@
+"""COCO instances with masks -> torchvision detection samples; honest train/eval image splits."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from ..data.coco import BoxDataset, CocoError, load_boxes
+from ..data.dataset import read_image_item
+from ..evaluate import EvalError, to_rle
+
+log = logging.getLogger("mal")
+
+AGNOSTIC = [{"id": 1, "name": "object", "supercategory": "object"}]
+
+
+def class_map(categories: list[dict], class_agnostic: bool) -> tuple[list[dict], dict[int, int]]:
+    """(categories in class-index order, COCO category id -> class index 1..K)."""
+    if class_agnostic:
+        return AGNOSTIC, {c["id"]: 1 for c in categories}
+    cats = sorted(categories, key=lambda c: c["id"])
+    return cats, {c["id"]: i + 1 for i, c in enumerate(cats)}
+
+
+class InstanceMasks(Dataset):
+    """One item per image that has at least one (non-crowd) instance.
+
+    Item: ``(image, target)``; image (3, H, W) float RGB in 0..1; target ``boxes`` (N, 4) float
+    x0,y0,x1,y1, ``labels`` (N,) int64 class indices, ``masks`` (N, H, W) uint8, ``image_id``.
+    ``flip``: random horizontal flip (training). Every annotation must carry a ``segmentation``
+    (polygons or RLE); a missing or undecodable one is an error naming the annotation.
+    """
+
+    def __init__(self, data: BoxDataset, image_ids: set[int], cat_to_label: dict[int, int],
+                 *, flip: bool = False, source: str = "annotations"):
+        self.data = data
+        self.groups = [(e, recs) for e, recs in data.by_image() if e["id"] in image_ids]
+        self.anns = {a["id"]: a for a in data.coco["annotations"]}
+        self.cat_to_label = cat_to_label
+        self.flip = flip
+        for _, recs in self.groups:  # fail before training, not hours into it
+            for r in recs:
+                seg = self.anns[r.ann_id].get("segmentation")
+                if not seg:
+                    raise CocoError(f"{source}: annotation {r.ann_id} (image {r.file_name}) has no "
+                                    "segmentation; the segmenter trains on masks")
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int):
+        entry, records = self.groups[i]
+        item = read_image_item(self.data, entry, records)
+        if "error" in item:
+            raise CocoError(item["error"])
+        H, W = int(entry["height"]), int(entry["width"])
+        masks = []
+        for r in records:
+            try:
+                rle = to_rle(self.anns[r.ann_id]["segmentation"], H, W, r.ann_id, r.file_name)
+            except EvalError as e:
+                raise CocoError(str(e)) from e
+            masks.append(mask_utils.decode(rle))
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (r.bbox for r in records)],
+                             dtype=torch.float32)
+        image = torch.from_numpy(np.array(item["pixels"])).permute(2, 0, 1).float() / 255
+        masks_t = torch.from_numpy(np.stack(masks))
+        if self.flip and torch.rand(()) < 0.5:
+            image, masks_t = image.flip(-1), masks_t.flip(-1)
+            boxes = torch.stack([W - boxes[:, 2], boxes[:, 1], W - boxes[:, 0], boxes[:, 3]], 1)
+        target = {"boxes": boxes, "masks": masks_t, "image_id": int(entry["id"]),
+                  "labels": torch.tensor([self.cat_to_label[r.category_id] for r in records])}
+        return image, target
+
+
+def collate(batch):
+    return tuple(zip(*batch))
+
+
+def load_instances(images: str | Path, annotations: str | Path | dict) -> BoxDataset:
+    """Validated COCO file (boxes, ids, image files) for training/evaluating the segmenter.
+    Crowd regions are not instances and are left out, as in torchvision's COCO reference."""
+    return load_boxes(annotations, images, skip_crowd=True)
+
+
+def split_images(coco: dict, *, split_key: str = "coco_split", train_split: str = "train2017",
+                 eval_split: str = "val2017", eval_fraction: float | None = None,
+                 seed: int = 0) -> tuple[set[int], set[int]]:
+    """(train image ids, eval image ids). By the images' ``split_key`` field when every image has
+    one, else (or with ``eval_fraction``) a seeded random split. Disjoint by construction."""
+    images = coco["images"]
+    if eval_fraction is None and all(split_key in im for im in images):
+        train = {im["id"] for im in images if im[split_key] == train_split}
+        evals = {im["id"] for im in images if im[split_key] == eval_split}
+        if not train or not evals:
+            found = sorted({str(im[split_key]) for im in images})
+            raise ValueError(f"images' '{split_key}' values are {found}: need both {train_split!r} "
+                             f"(training) and {eval_split!r} (evaluation)")
+        return train, evals
+    frac = 0.5 if eval_fraction is None else eval_fraction
+    if not 0 < frac < 1:
+        raise ValueError(f"eval fraction must be between 0 and 1, got {frac}")
+    ids = np.array(sorted(im["id"] for im in images))
+    np.random.default_rng(seed).shuffle(ids)
+    n_eval = max(1, round(len(ids) * frac))
+    return set(ids[n_eval:].tolist()), set(ids[:n_eval].tolist())
+
+
+def check_disjoint(coco: dict, train_ids: set[int], eval_ids: set[int]) -> None:
+    """Refuse evaluation images that are also training images (by id or by file name)."""
+    by_id = {im["id"]: im for im in coco["images"]}
+    unknown = sorted((train_ids | eval_ids) - set(by_id))
+    if unknown:
+        raise ValueError(f"image ids not in the COCO file: {unknown[:10]}")
+    shared = sorted(train_ids & eval_ids)
+    files = {}
+    for i in train_ids:
+        files[by_id[i]["file_name"]] = i
+    same_file = sorted(by_id[i]["file_name"] for i in eval_ids if by_id[i]["file_name"] in files)
+    if shared or same_file:
+        raise ValueError(
+            f"train and eval images overlap: {len(shared)} image ids (e.g. {shared[:5]}) and "
+            f"{len(same_file)} file names (e.g. {same_file[:5]}) are in both; evaluation images must "
+            "never be trained on")
+
+
+def check_same_boxes(gt: dict, pseudo: dict, image_ids: set[int], pseudo_name: str) -> None:
+    """Refuse auto-labels that do not describe exactly the human file's boxes on ``image_ids``
+    (same annotation ids, images, categories and boxes), so the two models differ only in masks."""
+    def on(c):
+        return {a["id"]: a for a in c["annotations"] if a.get("image_id") in image_ids and not a.get("iscrowd")}
+    g, p = on(gt), on(pseudo)
+    missing, extra = sorted(set(g) - set(p)), sorted(set(p) - set(g))
+    changed = [aid for aid in sorted(set(g) & set(p))
+               if g[aid].get("category_id") != p[aid].get("category_id")
+               or g[aid].get("image_id") != p[aid].get("image_id")
+               or any(abs(float(a) - float(b)) > 1e-3 for a, b in zip(g[aid]["bbox"], p[aid]["bbox"]))]
+    if missing or extra or changed:
+        raise ValueError(
+            f"{pseudo_name} does not have the same boxes as the human masks on the training images: "
+            f"{len(missing)} missing (e.g. {missing[:5]}), {len(extra)} extra (e.g. {extra[:5]}), "
+            f"{len(changed)} with a different box/category/image (e.g. {changed[:5]}); label the same "
+            "COCO file with `mal label`")

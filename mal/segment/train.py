@@ -1,0 +1,121 @@
+"""Training the phase-2 segmenter (Lightning): Mask R-CNN losses, AdamW, warm-up + cosine, checkpoints."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from ..runtime import quiet_lightning, resolve_precision
+from ..train import lr_lambda
+from .data import InstanceMasks, class_map, collate, load_instances
+from .model import SegmenterConfig, build_segmenter, save_segmenter
+
+log = logging.getLogger("mal")
+
+
+@dataclass
+class SegmentTrainConfig:
+    lr: float = 2e-4
+    backbone_lr_scale: float = 0.1     # the pretrained backbone moves slower than the new heads
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    total_steps: int = 1000            # set by train_segmenter from epochs x batches
+
+
+class SegmenterModule(L.LightningModule):
+    def __init__(self, config: dict, optim: dict, weights: str | None = None, strict_weights: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = SegmenterConfig(**config)
+        self.optim = SegmentTrainConfig(**optim)
+        self.model = build_segmenter(self.config, weights=weights, strict=strict_weights)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        losses = self.model(list(images), list(targets))
+        loss = sum(losses.values())
+        self.log_dict({k: v.detach() for k, v in losses.items()}, batch_size=len(images))
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=len(images))
+        return loss
+
+    def configure_optimizers(self):
+        o = self.optim
+        backbone, heads = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (backbone if name.startswith(("backbone.encoder.", "backbone.body.")) else heads).append(p)
+        groups = [{"params": heads, "lr": o.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": o.lr * o.backbone_lr_scale})
+        opt = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, o.warmup_steps, o.total_steps, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
+                    config: SegmenterConfig | None = None, optim: SegmentTrainConfig | None = None,
+                    class_agnostic: bool = False, image_ids: set[int] | None = None,
+                    weights: str | Path | None = None, strict_weights: bool = True,
+                    epochs: int = 12, max_steps: int = -1, batch_size: int = 2, precision: str = "auto",
+                    accelerator: str = "auto", devices: int | str = "auto", num_workers: int = 1,
+                    seed: int = 0, resume: bool = False, progress: bool = True) -> Path:
+    """Train a Mask R-CNN on the masks of a COCO file; returns the run directory.
+
+    ``image_ids`` restricts training to those images (the retention split). The run directory
+    gets ``checkpoints/last.ckpt`` (``resume`` continues from it), ``logs/`` (CSV) and, at the end,
+    ``segmenter.safetensors`` + ``segmenter.json`` for ``mal segment eval``.
+    """
+    quiet_lightning()
+    out = Path(out)
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = load_instances(images, annotations)
+    cats, cat_to_label = class_map(data.coco["categories"], class_agnostic)
+    cfg = config or SegmenterConfig()
+    cfg = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic})
+    ids = {e["id"] for e in data.coco["images"]} if image_ids is None else set(image_ids)
+    source = annotations if not isinstance(annotations, dict) else "annotations"
+    ds = InstanceMasks(data, ids, cat_to_label, flip=True, source=str(source))
+    if len(ds) == 0:
+        raise ValueError(f"{source}: no training image has an instance")
+    loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
+                        collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0)
+    steps = max_steps if max_steps > 0 else epochs * len(loader)
+    o = optim or SegmentTrainConfig()
+    o = SegmentTrainConfig(**{**asdict(o), "total_steps": steps,
+                              "warmup_steps": min(o.warmup_steps, max(1, steps // 5))})
+    log.info("training the segmenter (%s, %s, %d classes) on %d images, %d steps", cfg.arch, cfg.backbone,
+             len(cats), len(ds), steps)
+
+    acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
+    module = SegmenterModule(asdict(cfg), asdict(o), weights=str(weights) if weights else None,
+                             strict_weights=strict_weights)
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    trainer = L.Trainer(
+        default_root_dir=str(out), accelerator=acc, devices=devices,
+        precision="bf16-mixed" if prec == "bf16" else "32-true",
+        max_epochs=epochs if max_steps <= 0 else -1, max_steps=steps,
+        # enable_version_counter=False: a resumed run overwrites last.ckpt (else Lightning writes
+        # last-v1.ckpt beside it and the next --resume would start from the stale one).
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
+                                                       enable_version_counter=False,
+                                                       every_n_train_steps=max(1, min(200, steps)))],
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.is_global_zero:
+        save_segmenter(module.model, cfg, out)
+        secs = time.perf_counter() - t0
+        log.info("segmenter trained %d steps in %.0f s (%.2f images/s); saved to %s", trainer.global_step,
+                 secs, trainer.global_step * loader.batch_size / max(secs, 1e-9), out)
+    return out

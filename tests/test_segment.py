@@ -1,0 +1,163 @@
+"""Phase 2: the Mask R-CNN segmenter, its COCO AP, and the retention command's refusals."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mal.cli import main
+from mal.demo import make_scenes
+from mal.segment.data import check_disjoint, check_same_boxes, split_images
+from mal.segment.evaluate import coco_ap
+from mal.segment.model import SegmenterConfig, build_segmenter, load_segmenter
+
+from conftest import TINYVIT_SAM, require
+
+# A tiny timm backbone (test_resnet: ~0.5M params) and small images keep each run to seconds.
+TINY = ["--backbone", "test_resnet", "--min-size", "96", "--max-size", "128", "--batch-size", "2"]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    images, gt, boxes = make_scenes(tmp_path_factory.mktemp("scenes"), num_images=8, size=(96, 128), seed=3)
+    return images, gt, boxes
+
+
+def _ids(tmp_path: Path, name: str, ids) -> Path:
+    p = tmp_path / name
+    p.write_text("\n".join(str(i) for i in ids) + "\n")
+    return p
+
+
+def test_timm_backbone_levels_and_forward():
+    cfg = SegmenterConfig(backbone="test_resnet", categories=[{"id": 1, "name": "a"}], min_size=96, max_size=128)
+    model = build_segmenter(cfg).eval()
+    assert model.backbone.strides == [8, 16, 32, 64, 128]
+    with torch.no_grad():
+        out = model([torch.rand(3, 96, 120)])[0]
+    assert set(out) == {"boxes", "labels", "scores", "masks"}
+    assert out["masks"].shape[-2:] == (96, 120)
+
+
+def test_coco_ap_perfect_and_wrong(scenes):
+    """The AP code itself: gt echoed back as detections scores 1.0; boxes moved off target score less."""
+    _, gt_path, _ = scenes
+    gt = json.loads(Path(gt_path).read_text())
+    ids = {im["id"] for im in gt["images"]}
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                "segmentation": a["segmentation"], "score": 1.0} for a in gt["annotations"]]
+    r = coco_ap(gt, perfect, ids, class_agnostic=False)
+    assert r["bbox"]["AP"] == pytest.approx(1.0) and r["segm"]["AP"] == pytest.approx(1.0)
+    shifted = [{**p, "bbox": [p["bbox"][0] + p["bbox"][2] * 0.6] + p["bbox"][1:]} for p in perfect]
+    assert coco_ap(gt, shifted, ids, class_agnostic=False)["bbox"]["AP"] < 0.5
+    wrong_class = [{**p, "category_id": 1 + p["category_id"] % 3} for p in perfect]
+    assert coco_ap(gt, wrong_class, ids, class_agnostic=False)["segm"]["AP"] < 0.5
+    assert coco_ap(gt, [{**p, "category_id": 1} for p in wrong_class], ids, class_agnostic=True)["segm"]["AP"] \
+        == pytest.approx(1.0)
+    assert coco_ap(gt, [], ids, class_agnostic=False)["segm"]["AP"] == 0.0
+
+
+def test_segment_train_eval_resume_cli(scenes, tmp_path, capsys):
+    images, gt, _ = scenes
+    run = tmp_path / "run"
+    args = ["segment", "train", "--images", str(images), "--annotations", str(gt), "--out", str(run), *TINY]
+    assert main([*args, "--max-steps", "2"]) == 0
+    model, cfg = load_segmenter(run)
+    assert [c["id"] for c in cfg.categories] == [1, 2, 3] and not cfg.class_agnostic
+    first = {k: v.clone() for k, v in model.state_dict().items()}
+    # resume continues the same run to 4 steps (Lightning restores optimizer + step)
+    assert main([*args, "--max-steps", "4", "--resume"]) == 0
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert any(not torch.equal(first[k], v) for k, v in load_segmenter(run)[0].state_dict().items())
+    capsys.readouterr()
+    report_path = tmp_path / "ap.json"
+    assert main(["segment", "eval", "--model", str(run), "--images", str(images), "--gt", str(gt),
+                 "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    assert "segm" in out and "bbox" in out
+    report = json.loads(report_path.read_text())
+    for t in ("bbox", "segm"):
+        assert set(report[t]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert 0.0 <= report[t]["AP"] <= 1.0
+    assert report["images"] == 8
+
+
+def test_segment_train_needs_masks(scenes, tmp_path, capsys):
+    images, _, boxes = scenes  # boxes only: nothing to train a segmenter on
+    rc = main(["segment", "train", "--images", str(images), "--annotations", str(boxes), "--out",
+               str(tmp_path / "r"), *TINY, "--max-steps", "1"])
+    assert rc == 2
+    assert "has no segmentation" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "segmenter.safetensors").exists()
+
+
+def test_retention_end_to_end(scenes, tmp_path, capsys):
+    images, gt, _ = scenes
+    tr, ev = _ids(tmp_path, "train.txt", range(1, 6)), _ids(tmp_path, "eval.txt", range(6, 9))
+    ids = {im["id"] for im in json.loads(Path(gt).read_text())["images"]}
+    assert ids == set(range(1, 9)), "the scene ids this test assumes"
+    rc = main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", f"same={gt}",
+               "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(tmp_path / "ret"), *TINY,
+               "--max-steps", "2", "--class-agnostic"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "human" in out and "same" in out and "untrained" in out
+    rep = json.loads((tmp_path / "ret" / "retention.json").read_text())
+    assert rep["train_images"] == 5 and rep["eval_images"] == 3
+    h, s = rep["models"]["human"], rep["models"]["same"]
+    # same labels, same seed, same schedule: the same model, so retention is exactly 1 (or undefined at AP 0)
+    assert s["segm"] == h["segm"]
+    assert s["retention"]["segm"] in (None, pytest.approx(1.0))
+
+
+def test_retention_refuses_overlapping_images(scenes, tmp_path, capsys):
+    images, gt, _ = scenes
+    tr, ev = _ids(tmp_path, "train.txt", range(1, 6)), _ids(tmp_path, "eval.txt", range(5, 9))
+    rc = main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", str(gt),
+               "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(tmp_path / "ret"), *TINY])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "train and eval images overlap" in err and "[5]" in err
+    assert not (tmp_path / "ret").exists()
+
+
+def test_overlap_by_file_name_and_split_field():
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "s": "tr"}, {"id": 2, "file_name": "a.jpg", "s": "ev"},
+                       {"id": 3, "file_name": "b.jpg", "s": "ev"}]}
+    tr, ev = split_images(coco, split_key="s", train_split="tr", eval_split="ev")
+    assert (tr, ev) == ({1}, {2, 3})
+    with pytest.raises(ValueError, match=r"1 file names \(e.g. \['a.jpg'\]\)"):
+        check_disjoint(coco, tr, ev)
+    with pytest.raises(ValueError, match="need both"):
+        split_images(coco, split_key="s", train_split="train2017", eval_split="ev")
+    tr, ev = split_images({"images": [{"id": i, "file_name": f"{i}"} for i in range(10)]}, eval_fraction=0.3)
+    assert len(ev) == 3 and not tr & ev and tr | ev == set(range(10))
+
+
+def test_retention_refuses_different_boxes(scenes, tmp_path, capsys):
+    images, gt, _ = scenes
+    coco = json.loads(Path(gt).read_text())
+    moved = json.loads(json.dumps(coco))
+    moved["annotations"][0]["bbox"][0] += 5
+    del moved["annotations"][1]
+    bad = tmp_path / "moved.json"
+    bad.write_text(json.dumps(moved))
+    tr, ev = _ids(tmp_path, "train.txt", range(1, 6)), _ids(tmp_path, "eval.txt", range(6, 9))
+    rc = main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", f"moved={bad}",
+               "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(tmp_path / "ret"), *TINY])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "does not have the same boxes" in err and "1 missing" in err and "1 with a different box" in err
+    with pytest.raises(ValueError, match="different box/category"):
+        wrong_cat = json.loads(json.dumps(coco))
+        wrong_cat["annotations"][0]["category_id"] = 99
+        check_same_boxes(coco, wrong_cat, set(range(1, 9)), "x")
+
+
+def test_tinyvit_sam_backbone_loads_shared_weights():
+    w = require(TINYVIT_SAM)
+    model = build_segmenter(SegmenterConfig(categories=[{"id": 1, "name": "object"}]), weights=w)
+    assert model.backbone.strides == [8, 16, 32, 64]  # SAM TinyViT: last stage keeps stride 16
+    np.testing.assert_array_equal(model.transform.image_mean, [0.485, 0.456, 0.406])
