@@ -290,3 +290,29 @@ def test_training_skips_unreadable_images_unless_strict(job, caplog):
         assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
         assert "training without this image" in caplog.text and "b.png" in caplog.text
         assert ds.bad_files == {"b.png"}
+
+
+TINY_TRAIN = ["--backbone", "vit_tiny_patch16_224", "--timm-kwargs",
+              '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}', "--crop-size", "32",
+              "--decoder-dim", "16", "--min-area", "10", "--batch-size", "4", "--max-steps", "1",
+              "--accelerator", "cpu", "--precision", "32"]
+
+
+def test_train_strict_stops_on_clipped_box_and_unreadable_image(job, tmp_path, capsys):
+    coco = _coco()
+    coco["annotations"][0]["bbox"] = [-3, 2, 10, 8]
+    ann = tmp_path / "boxes.json"
+    ann.write_text(json.dumps(coco))
+    base = ["train", "--images", str(job), "--annotations", str(ann), *TINY_TRAIN]
+    assert main([*base, "--out", str(tmp_path / "r1"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "annotation id 1: bbox [-3, 2, 10, 8] partly outside" in err and not (tmp_path / "r1").exists()
+
+    coco["annotations"][0]["bbox"] = [2, 2, 10, 8]
+    ann.write_text(json.dumps(coco))
+    (job / "b.png").write_bytes(b"")
+    # Read in a DataLoader worker: the message must still be the file's, not the worker's traceback.
+    assert main([*base, "--out", str(tmp_path / "r2"), "--strict", "--num-workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mal train: error: " in err and "b.png: empty file (0 bytes) (--strict: not skipping it)" in err
+    assert "Traceback" not in err and not (tmp_path / "r2/model.safetensors").exists()
