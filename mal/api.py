@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from .data.coco import load_boxes
 from .data.dataset import TrainCrops
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
-from .label import label  # noqa: F401  (re-exported)
+from .label import label, merge  # noqa: F401  (re-exported)
 from .modeling.labeler import LabelerConfig, save_labeler
 from .runtime import resolve_precision
 from .train import MALModule, ReplicaSyncCheck, TrainConfig, module_kwargs

@@ -57,13 +57,16 @@ def _check_strict_label(a) -> None:
 def _label(a) -> None:
     if a.strict:
         _check_strict_label(a)
+    from .chunks import parse_shard
+    chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
+                   chunk_images=a.chunk_images, keep_parts=a.keep_parts)
     if a.engine == "mal":
         if a.model is None:
             raise ValueError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
         from .api import label
         print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
                     precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                    skip_bad_images=a.skip_bad_images))
+                    skip_bad_images=a.skip_bad_images, **chunked))
         return
     from .engines import build_engine, label_with_engine
     kwargs = {}
@@ -72,7 +75,12 @@ def _label(a) -> None:
             raise ValueError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
         kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
     print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
-                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images))
+                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, **chunked))
+
+
+def _merge(a) -> None:
+    from .api import merge
+    print(merge(a.annotations, a.out, work_dir=a.work_dir, keep_parts=a.keep_parts))
 
 
 def _eval(a) -> None:
@@ -176,9 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--num-workers", type=int, default=1)
     lb.add_argument("--skip-bad-images", action="store_true",
                     help="skip unreadable images (reported) instead of stopping")
+    lb.add_argument("--shard", metavar="i/N",
+                    help="label only shard i of N (0-based; run all N, in any order, on any machines "
+                         "sharing --work-dir); default: RANK/WORLD_SIZE under torchrun, else 0/1")
+    lb.add_argument("--resume", action="store_true",
+                    help="continue a killed job from the chunks in --work-dir (same settings)")
+    lb.add_argument("--chunk-images", type=int, default=64,
+                    help="images per durable chunk: a killed run loses at most one chunk per shard")
+    lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
+    lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
+
+    mg = sub.add_parser("merge", help="write the output of a sharded `mal label` job from its chunks")
+    mg.add_argument("--annotations", required=True, type=Path, help="the input COCO file the job labeled")
+    mg.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
+    mg.add_argument("--work-dir", type=Path, help="the job's work dir (default: OUT.parts)")
+    mg.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
+    mg.set_defaults(func=_merge)
 
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
     e.add_argument("--gt", required=True, type=Path)

@@ -51,6 +51,7 @@ def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):
     with pytest.raises(LabelError, match="scene_002.png"):
         label(model, bad_dir, boxes, out, num_workers=0, progress=False)
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == []
+    assert not (tmp_path / "out.json.parts").exists()  # failed before its first chunk: nothing left
     s = label(model, bad_dir, boxes, out, num_workers=0, progress=False, skip_bad_images=True)
     assert len(s.skipped_images) == 1 and "scene_002.png" in s.skipped_images[0]
     kept = json.loads(out.read_text())["annotations"]

@@ -1,29 +1,27 @@
-"""The interface every labeling engine implements, and one labeling loop for all of them.
+"""The interface every labeling engine implements, and how engines plug into the labeling loop.
 
 An engine turns one image and its boxes into one mask (and a score) per box. Reading and validating
-the COCO file, reading images in worker processes, clipping masks to their boxes, fallbacks, the
-progress bar and the atomic output are the same for every engine, so they live here once, built on
-the same pieces as :func:`mal.label.label`.
+the COCO file, reading images in worker processes, the progress bar, chunked output, shards and
+resume are the same for every engine and for the MAL model (:func:`mal.label.label_in_chunks`);
+:class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks.
 """
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from ..data.coco import BoxDataset, BoxRecord, load_boxes
 from ..data.crops import box_mask, xywh_to_xyxy
-from ..data.dataset import collate_single, read_image_item
-from ..label import LabelSummary, annotation_out, skip_bad_image, write_labels
+from ..data.dataset import read_image_item
+from ..label import LabelSummary, annotation_out, label_in_chunks
 
 log = logging.getLogger("mal")
 
-__all__ = ["Engine", "label_with_engine"]
+__all__ = ["Engine", "EngineLabeler", "engine_identity", "label_with_engine"]
 
 
 @runtime_checkable
@@ -68,51 +66,69 @@ def _check_output(engine: Engine, masks, scores, n: int, H: int, W: int, file_na
     return masks, scores
 
 
+class EngineLabeler:
+    """An :class:`Engine` as a :class:`mal.label.ImageLabeler`: one ``predict`` call per image; every
+    mask clipped to its box, an empty one replaced by the filled box (score 0, flagged)."""
+
+    def __init__(self, engine: Engine, data: BoxDataset):
+        self.engine, self.data = engine, data
+        self.name = getattr(engine, "name", type(engine).__name__)
+        self.anns_by_id = {a["id"]: a for a in data.coco["annotations"]}
+        self.identity = engine_identity(engine)
+
+    def dataset(self, groups: list[tuple[dict, list[BoxRecord]]]) -> Dataset:
+        return _ImageReader(groups, self.data)
+
+    def add(self, item: dict) -> list[dict]:
+        entry, records = item["image"], item["records"]
+        H, W = int(entry["height"]), int(entry["width"])
+        boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
+        masks, scores = self.engine.predict(item["pixels"], boxes)
+        masks, scores = _check_output(self.engine, masks, scores, len(records), H, W, entry["file_name"])
+        out = []
+        for r, box, m, s in zip(records, boxes, masks, scores):
+            inside = box_mask(box, H, W) > 0
+            mask = np.asarray(m, dtype=bool) & inside
+            fallback = None
+            if not mask.any():
+                mask, s, fallback = inside, 0.0, "box"
+            out.append(annotation_out(self.anns_by_id[r.ann_id], mask, float(s), fallback))
+        return out
+
+    def flush(self) -> list[dict]:
+        return []  # every image is finished by add()
+
+
+def engine_identity(engine: Engine) -> dict:
+    """What decides an engine's masks, for the job manifest: its ``identity`` dict if it has one,
+    else its name and the name and size of every model file it holds (e.g. SAM's ONNX pair)."""
+    ident = {"engine": getattr(engine, "name", type(engine).__name__)}
+    if isinstance(getattr(engine, "identity", None), dict):
+        return {**ident, **engine.identity}
+    for key, value in sorted(vars(engine).items()):
+        if isinstance(value, Path) and value.is_file():
+            ident[key] = f"{value.name} ({value.stat().st_size} bytes)"
+    return ident
+
+
 def label_with_engine(engine: Engine, images: str | Path, annotations: str | Path | dict,
                       out: str | Path, *, num_workers: int = 1, skip_bad_images: bool = False,
-                      progress: bool = True) -> LabelSummary:
+                      progress: bool = True, shard: str | tuple[int, int] | None = None,
+                      resume: bool = False, work_dir: str | Path | None = None,
+                      chunk_images: int = 64, keep_parts: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask from ``engine`` and write a COCO file to ``out``.
 
     Images are read in ``num_workers`` DataLoader worker processes; the engine runs in this process.
     Every mask is clipped to its box (the box is ground truth); a mask that is empty after clipping
     is replaced by the filled box, scored 0 and flagged ``"mal_fallback": "box"``. The output is the
-    input COCO dict with its annotations replaced (same order), written once, atomically, at the end.
-    An unreadable image raises :class:`mal.label.LabelError` naming it, unless ``skip_bad_images``
-    (then its annotations are left out and it is listed in the summary).
+    input COCO dict with its annotations replaced (same order), written atomically once every shard
+    is done. An unreadable image raises :class:`mal.label.LabelError` naming it, unless
+    ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
+    ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
+    :func:`mal.label.label_in_chunks`.
     """
-    t0 = time.perf_counter()
     data = load_boxes(annotations, images, skip_crowd=False)
-    anns_by_id = {a["id"]: a for a in data.coco["annotations"]}
-    loader = DataLoader(_ImageReader(data.by_image(), data), batch_size=1, collate_fn=collate_single,
-                        num_workers=num_workers)
-    summary = LabelSummary(out=Path(out))
-    results: dict[int, dict] = {}
-    pbar = tqdm(total=len(data.records), desc=f"labeling ({getattr(engine, 'name', 'engine')})",
-                unit="box", disable=not progress)
-    try:
-        for item in loader:
-            entry, records = item["image"], item["records"]
-            if "error" in item:
-                skip_bad_image(item, summary, skip_bad_images, pbar)
-                continue
-            H, W = int(entry["height"]), int(entry["width"])
-            boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-            masks, scores = engine.predict(item["pixels"], boxes)
-            masks, scores = _check_output(engine, masks, scores, len(records), H, W, entry["file_name"])
-            for r, box, m, s in zip(records, boxes, masks, scores):
-                inside = box_mask(box, H, W) > 0
-                mask = np.asarray(m, dtype=bool) & inside
-                fallback = None
-                if not mask.any():
-                    mask, s, fallback = inside, 0.0, "box"
-                    summary.fallbacks += 1
-                results[r.ann_id] = annotation_out(anns_by_id[r.ann_id], mask, float(s), fallback)
-            summary.images += 1
-            summary.boxes += len(records)
-            pbar.update(len(records))
-    finally:
-        pbar.close()
-
-    write_labels(data, results, out)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return label_in_chunks(EngineLabeler(engine, data), data, annotations, out, num_workers=num_workers,
+                           skip_bad_images=skip_bad_images, progress=progress, shard=shard,
+                           resume=resume, work_dir=work_dir, chunk_images=chunk_images,
+                           keep_parts=keep_parts)
