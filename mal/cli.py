@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, type=Path, help="output folder (index.html + overlays/)")
     sh.set_defaults(func=_show)
 
+    from .segment.cli import add_parsers as add_segment_parsers
+    add_segment_parsers(sub)
+
     d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
     d.add_argument("--out", type=Path, default=Path("mal_demo"))
     d.add_argument("--epochs", type=int, default=None, help="override the demo's training length")
