@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         config=SegmenterConfig(backbone=a.backbone, min_size=a.min_size, max_size=a.max_size,
                                freeze_backbone=a.freeze_backbone),
         optim=SegmentTrainConfig(lr=a.lr), class_agnostic=not a.per_class, weights=a.weights,
-        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed, progress=False)
+        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed)
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     (a.out / "result.json").write_text(json.dumps(report, indent=2))

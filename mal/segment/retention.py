@@ -15,7 +15,7 @@ import lightning as L
 
 from ..data.coco import load_coco_json
 from ..masks import write_json_atomic
-from .data import check_disjoint, check_same_boxes, load_instances, split_images
+from .data import check_disjoint, check_same_boxes, class_map, load_instances, split_images
 from .evaluate import evaluate_segmenter
 from .model import SegmenterConfig, build_segmenter
 from .train import SegmentTrainConfig, train_segmenter
@@ -63,15 +63,6 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     report: dict = {"train_images": len(train_ids), "eval_images": len(eval_ids), "seed": seed,
                     "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
                     "config": asdict(cfg), "class_agnostic": class_agnostic, "models": {}}
-    if untrained:
-        L.seed_everything(seed, verbose=False)
-        from .data import class_map
-        cats, _ = class_map(coco["categories"], class_agnostic)
-        c0 = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic})
-        m0 = build_segmenter(c0, weights=weights)
-        report["untrained"] = evaluate_segmenter((m0, c0), images, gt, image_ids=eval_ids,
-                                                 precision=precision, num_workers=num_workers,
-                                                 progress=progress)
     for name, labels in sets.items():
         t = time.perf_counter()
         run = train_segmenter(images, labels, out / name, config=cfg, optim=optim,
@@ -85,6 +76,14 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
         r.update(labels=str(labels), train_seconds=round(train_s, 1))
         report["models"][name] = r
         write_json_atomic(report, out / "retention.json")  # partial results survive a crash
+    if untrained:  # last: the trained models' numbers matter more if the job is cut short
+        L.seed_everything(seed, verbose=False)
+        cats, _ = class_map(coco["categories"], class_agnostic)
+        c0 = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic})
+        m0 = build_segmenter(c0, weights=weights)
+        report["untrained"] = evaluate_segmenter((m0, c0), images, gt, image_ids=eval_ids,
+                                                 precision=precision, num_workers=num_workers,
+                                                 progress=progress)
     human = report["models"][HUMAN]
     for name, r in report["models"].items():
         r["retention"] = {t: (r[t]["AP"] / human[t]["AP"] if human[t]["AP"] else None) for t in ("bbox", "segm")}
