@@ -100,7 +100,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if trainer.global_step % every:  # the last stretch since the periodic checkpoint: resumable too
-        trainer.save_checkpoint(last)
+        trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
     if trainer.is_global_zero:
         save_labeler(module.teacher, out)
         secs = time.perf_counter() - t0
