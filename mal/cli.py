@@ -45,18 +45,7 @@ def _json_object(v: str) -> dict:
     return d
 
 
-def _check_strict_label(a) -> None:
-    """--strict on `mal label`: a clipped box is an error too (checked here, before any work)."""
-    if a.skip_bad_images:
-        raise ValueError("--strict and --skip-bad-images contradict each other (--strict makes every "
-                         "skip an error); pass one of them")
-    from .data.coco import load_boxes
-    load_boxes(a.annotations, a.images, skip_crowd=False, strict=True)
-
-
 def _label(a) -> None:
-    if a.strict:
-        _check_strict_label(a)
     from .chunks import parse_shard
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
                    chunk_images=a.chunk_images, keep_parts=a.keep_parts)
@@ -66,7 +55,7 @@ def _label(a) -> None:
         from .api import label
         print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
                     precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                    skip_bad_images=a.skip_bad_images, **chunked))
+                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
         return
     from .engines import build_engine, label_with_engine
     kwargs = {}
@@ -75,7 +64,8 @@ def _label(a) -> None:
             raise ValueError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
         kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
     print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
-                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, **chunked))
+                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict,
+                            **chunked))
 
 
 def _merge(a) -> None:

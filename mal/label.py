@@ -277,21 +277,29 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def check_strict(strict: bool, skip_bad_images: bool) -> bool:
+    if strict and skip_bad_images:
+        raise ValueError("--strict and --skip-bad-images contradict each other (--strict makes every "
+                         "skip an error); pass one of them")
+    return strict
+
+
 def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str | Path | dict,
           out: str | Path, *, batch_size: int = 16, num_workers: int = 1, device: str = "auto",
           precision: str = "auto", threshold: float = 0.5, expand: float = 1.3,
           skip_bad_images: bool = False, progress: bool = True,
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
-          keep_parts: bool = False) -> LabelSummary:
+          keep_parts: bool = False, strict: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     Only boxes are read from the input; any ``segmentation`` there is ignored. The output keeps the
     input's images, categories and annotation ids, and is written atomically once every shard is
     done. ``shard``, ``resume``, ``work_dir``, ``chunk_images`` and ``keep_parts``: see
-    :func:`label_in_chunks`.
+    :func:`label_in_chunks`. ``strict``: every skip or fallback on bad input (a clipped box, an image
+    whose COCO size is its stored, un-rotated size) is an error.
     """
-    data: BoxDataset = load_boxes(annotations, images, skip_crowd=False)
+    data: BoxDataset = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
     if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per local process
     dev = resolve_device(device)

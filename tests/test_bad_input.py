@@ -13,7 +13,7 @@ from PIL import Image
 
 from mal.cli import main
 from mal.data.coco import load_boxes
-from mal.data.dataset import TrainCrops, read_image_item
+from mal.data.dataset import TrainCrops
 from mal.data.images import ImageError, read_rgb
 from mal.masks import decode_rle
 
@@ -261,17 +261,16 @@ def test_unusual_images_are_decoded(run, job, file_name, write, expected, atol):
 
 def test_exif_ignored_by_the_annotation_tool(run, job):
     """The COCO size is the stored (un-rotated) one: the boxes were drawn on the stored pixels, so those
-    are used, with a warning; --strict refuses (checked on the library, see the note in the report)."""
+    are used, with a warning; `mal label --strict` refuses and writes nothing."""
     Image.fromarray(_rgb()).save(job / "b.jpg", "JPEG", exif=_exif(6))  # stored 40x30, upright 30x40
     coco = _coco()
     coco["images"][1]["file_name"] = "b.jpg"
     rc, text, out = run(coco)
     assert rc == 0 and "b.jpg: its EXIF orientation turns it to 30x40, but the COCO file says 40x30" in text
     assert decode_rle(json.loads(out.read_text())["annotations"][1]["segmentation"]).shape == (H, W)
-    data = load_boxes(coco, job, strict=True)
-    entry, records = data.by_image()[1]
-    item = read_image_item(data, entry, records)
-    assert "pixels" not in item and "not using the stored pixels because of --strict" in item["error"]
+    rc, text, out = run(coco, "--strict", name="strict")
+    assert rc == 2 and "b.jpg" in text and "not using the stored pixels because of --strict" in text
+    assert _no_output(out)
 
 
 # --- training: unreadable images are skipped (reported) or, with strict, an error ---------------------

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from ..data.coco import BoxDataset, BoxRecord, load_boxes
 from ..data.crops import box_mask, xywh_to_xyxy
 from ..data.dataset import read_image_item
-from ..label import LabelSummary, annotation_out, label_in_chunks
+from ..label import LabelSummary, annotation_out, check_strict, label_in_chunks
 
 log = logging.getLogger("mal")
 
@@ -115,7 +115,8 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
                       out: str | Path, *, num_workers: int = 1, skip_bad_images: bool = False,
                       progress: bool = True, shard: str | tuple[int, int] | None = None,
                       resume: bool = False, work_dir: str | Path | None = None,
-                      chunk_images: int = 64, keep_parts: bool = False) -> LabelSummary:
+                      chunk_images: int = 64, keep_parts: bool = False,
+                      strict: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask from ``engine`` and write a COCO file to ``out``.
 
     Images are read in ``num_workers`` DataLoader worker processes; the engine runs in this process.
@@ -125,9 +126,9 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     is done. An unreadable image raises :class:`mal.label.LabelError` naming it, unless
     ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
     ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
-    :func:`mal.label.label_in_chunks`.
+    :func:`mal.label.label_in_chunks`. ``strict``: as in :func:`mal.label.label`.
     """
-    data = load_boxes(annotations, images, skip_crowd=False)
+    data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
     return label_in_chunks(EngineLabeler(engine, data), data, annotations, out, num_workers=num_workers,
                            skip_bad_images=skip_bad_images, progress=progress, shard=shard,
                            resume=resume, work_dir=work_dir, chunk_images=chunk_images,
