@@ -62,7 +62,8 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     sets = {HUMAN: gt, **pseudo}
     report: dict = {"train_images": len(train_ids), "eval_images": len(eval_ids), "seed": seed,
                     "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
-                    "config": asdict(cfg), "class_agnostic": class_agnostic, "models": {}}
+                    "config": {k: v for k, v in asdict(cfg).items() if k not in ("categories", "class_agnostic")},
+                    "class_agnostic": class_agnostic, "models": {}}
     for name, labels in sets.items():
         t = time.perf_counter()
         run = train_segmenter(images, labels, out / name, config=cfg, optim=optim,
