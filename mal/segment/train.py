@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from ..api import launcher_world
 from ..runtime import quiet_lightning, resolve_precision
 from ..train import lr_lambda
 from .data import InstanceMasks, class_map, collate, load_instances
@@ -99,20 +100,24 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
                              strict_weights=strict_weights)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    every = max(1, min(200, steps))  # checkpoint cadence (steps)
+    devices, num_nodes = launcher_world(devices, 1)
     trainer = L.Trainer(
-        default_root_dir=str(out), accelerator=acc, devices=devices,
+        default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
         precision="bf16-mixed" if prec == "bf16" else "32-true",
         max_epochs=epochs if max_steps <= 0 else -1, max_steps=steps,
         # enable_version_counter=False: a resumed run overwrites last.ckpt (else Lightning writes
         # last-v1.ckpt beside it and the next --resume would start from the stale one).
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                                        enable_version_counter=False,
-                                                       every_n_train_steps=max(1, min(200, steps)))],
+                                                       every_n_train_steps=every)],
         logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
     )
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.global_step % every:  # the last stretch since the periodic checkpoint: resumable too
+        trainer.save_checkpoint(last, weights_only=False)
     if trainer.is_global_zero:
         save_segmenter(module.model, cfg, out)
         secs = time.perf_counter() - t0
