@@ -100,7 +100,7 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
                              strict_weights=strict_weights)
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    every = max(1, min(200, steps))  # checkpoint cadence (steps)
+    every = 200  # checkpoint cadence (steps); fixed, so a resumed run with other --max-steps matches it
     devices, num_nodes = launcher_world(devices, 1)
     trainer = L.Trainer(
         default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
