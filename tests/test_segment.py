@@ -154,6 +154,10 @@ def test_retention_refuses_different_boxes(scenes, tmp_path, capsys):
         wrong_cat = json.loads(json.dumps(coco))
         wrong_cat["annotations"][0]["category_id"] = 99
         check_same_boxes(coco, wrong_cat, set(range(1, 9)), "x")
+    renamed = json.loads(json.dumps(coco))
+    renamed["images"][2]["file_name"] = "other.png"
+    with pytest.raises(ValueError, match=r"1 training images are missing or differ .*\[3\]"):
+        check_same_boxes(coco, renamed, set(range(1, 9)), "x")
 
 
 def test_tinyvit_sam_backbone_loads_shared_weights():

@@ -133,6 +133,13 @@ def check_same_boxes(gt: dict, pseudo: dict, image_ids: set[int], pseudo_name: s
     (same annotation ids, images, categories and boxes), so the two models differ only in masks."""
     def on(c):
         return {a["id"]: a for a in c["annotations"] if a.get("image_id") in image_ids and not a.get("iscrowd")}
+    g_img = {im["id"]: im for im in gt["images"] if im["id"] in image_ids}
+    p_img = {im.get("id"): im for im in pseudo.get("images", [])}
+    other = sorted(i for i, im in g_img.items() if i not in p_img or any(
+        p_img[i].get(k) != im.get(k) for k in ("file_name", "width", "height")))
+    if other:
+        raise ValueError(f"{pseudo_name}: {len(other)} training images are missing or differ (file name or "
+                         f"size) from the human masks' file (e.g. image ids {other[:5]})")
     g, p = on(gt), on(pseudo)
     missing, extra = sorted(set(g) - set(p)), sorted(set(p) - set(g))
     changed = [aid for aid in sorted(set(g) & set(p))
