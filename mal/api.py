@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .data.dataset import TrainCrops
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
 from .modeling.labeler import LabelerConfig, save_labeler
-from .runtime import resolve_precision
+from .runtime import quiet_lightning, resolve_precision
 from .train import MALModule, ReplicaSyncCheck, TrainConfig, module_kwargs
 
 log = logging.getLogger("mal")
@@ -52,12 +51,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
     """
     out = Path(out)
-    # Our encoder keeps its BatchNorms in eval mode on purpose (see Encoder.train); Lightning's
-    # "modules in eval mode" notice and its logger tip are noise for users.
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-    warnings.filterwarnings("ignore", message=".*treespec.*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda r: "litlogger" not in r.getMessage())
+    quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
     labeler = labeler or LabelerConfig()
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)

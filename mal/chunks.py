@@ -19,12 +19,10 @@ read), ``ann_ids`` (one per following line) and ``fallbacks``. Then one output a
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.coco import BoxRecord
+from .masks import atomic_file
 
 JOB_FILE = "job.json"
 LOCK_FILE = "merge.lock"
@@ -108,28 +107,6 @@ class Totals:
         self.boxes += len(header["ann_ids"])
         self.fallbacks += header["fallbacks"]
         self.skipped += [s["error"] for s in header["skipped"]]
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """A binary file that appears at ``path`` only when the block ends without error: written to a
-    temporary file beside it, fsync'ed, renamed into place, and the rename made durable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class LabelParts:

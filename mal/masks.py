@@ -1,6 +1,8 @@
 """Binary masks <-> COCO RLE, and atomic JSON output."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
@@ -24,18 +26,33 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode(r).astype(bool)
 
 
-def write_json_atomic(obj, path: str | Path) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it into place: readers never see a
-    half-written file, and a crash leaves the old file (or none)."""
-    path = Path(path)
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file that appears at ``path`` only when the block ends without error: written to a
+    temporary file beside it, fsync'ed, renamed into place, and the rename made durable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json_atomic(obj, path: str | Path) -> None:
+    """Write JSON through :func:`atomic_file`: readers never see a half-written file, and a crash
+    leaves the old file (or none)."""
+    with atomic_file(Path(path)) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        json.dump(obj, text)
+        text.flush()
+        text.detach()  # leave the binary file open for atomic_file to fsync and close

@@ -11,3 +11,13 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the shared data/weights beside the project root); not present here")
     return path
+
+
+def set_at(path, value):
+    """A mutation of a COCO dict: ``coco[path[0]]...[path[-1]] = value`` (table-driven bad-input tests)."""
+    def f(coco):
+        obj = coco
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+    return f

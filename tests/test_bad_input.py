@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import set_at
 import torch
 from PIL import Image
 
@@ -68,15 +69,6 @@ def _no_output(out) -> bool:
     return not out.exists() and not list(out.parent.glob("*.tmp")) if out.parent.exists() else True
 
 
-def _set(path, value):
-    def f(c):
-        obj = c
-        for k in path[:-1]:
-            obj = obj[k]
-        obj[path[-1]] = value
-    return f
-
-
 def _pop(path):
     def f(c):
         obj = c
@@ -94,33 +86,33 @@ COCO_CASES = [
     ("empty_file", "", ["file is empty"]),
     ("not_an_object", "[1, 2]", ["must contain a JSON object"]),
     ("missing_key", _pop(("categories",)), ['missing top-level "categories"']),
-    ("ill_typed_key", _set(("images",), {"id": 1}), ['"images" must be a list, got dict']),
-    ("duplicate_image_id", _set(("images", 1, "id"), 1), ["image id 1 (b.png): duplicate image id"]),
-    ("duplicate_annotation_id", _set(("annotations", 1, "id"), 1), ["annotation id 1: duplicate annotation id"]),
-    ("unknown_image_id", _set(("annotations", 2, "image_id"), 9), ["annotation id 3: unknown image_id 9"]),
-    ("unknown_category_id", _set(("annotations", 0, "category_id"), 5),
+    ("ill_typed_key", set_at(("images",), {"id": 1}), ['"images" must be a list, got dict']),
+    ("duplicate_image_id", set_at(("images", 1, "id"), 1), ["image id 1 (b.png): duplicate image id"]),
+    ("duplicate_annotation_id", set_at(("annotations", 1, "id"), 1), ["annotation id 1: duplicate annotation id"]),
+    ("unknown_image_id", set_at(("annotations", 2, "image_id"), 9), ["annotation id 3: unknown image_id 9"]),
+    ("unknown_category_id", set_at(("annotations", 0, "category_id"), 5),
      ["annotation id 1: unknown category_id 5"]),
-    ("bbox_wrong_length", _set(("annotations", 1, "bbox"), [1, 2, 3]),
+    ("bbox_wrong_length", set_at(("annotations", 1, "bbox"), [1, 2, 3]),
      ["annotation id 2: bbox must be a list of 4 numbers"]),
-    ("bbox_not_numbers", _set(("annotations", 1, "bbox"), [1, 2, "3", 4]),
+    ("bbox_not_numbers", set_at(("annotations", 1, "bbox"), [1, 2, "3", 4]),
      ["annotation id 2: bbox must be a list of 4 numbers"]),
     ("bbox_nan", '{"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}], "annotations": '
      '[{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, NaN, 3, 3]}], "categories": [{"id": 1}]}',
      ["annotation id 7: bbox contains NaN or inf"]),
-    ("bbox_inf", _set(("annotations", 1, "bbox"), [1, 2, 1e999, 4]), ["annotation id 2: bbox contains NaN or inf"]),
-    ("zero_width", _set(("annotations", 3, "bbox"), [20, 10, 0, 8]),
+    ("bbox_inf", set_at(("annotations", 1, "bbox"), [1, 2, 1e999, 4]), ["annotation id 2: bbox contains NaN or inf"]),
+    ("zero_width", set_at(("annotations", 3, "bbox"), [20, 10, 0, 8]),
      ["annotation id 4: bbox has zero or negative size (w=0"]),
-    ("negative_height", _set(("annotations", 0, "bbox"), [2, 2, 10, -8]),
+    ("negative_height", set_at(("annotations", 0, "bbox"), [2, 2, 10, -8]),
      ["annotation id 1: bbox has zero or negative size", "h=-8"]),
-    ("entirely_outside", _set(("annotations", 1, "bbox"), [50, 5, 10, 10]),
+    ("entirely_outside", set_at(("annotations", 1, "bbox"), [50, 5, 10, 10]),
      ["annotation id 2: bbox [50, 5, 10, 10] is entirely outside image id 2 (40x30)"]),
     ("missing_width", _pop(("images", 2, "width")), ["image id 3 (c.png): missing width"]),
-    ("non_integer_height", _set(("images", 0, "height"), 30.5),
+    ("non_integer_height", set_at(("images", 0, "height"), 30.5),
      ["image id 1 (a.png): height must be a positive integer, got 30.5"]),
-    ("bad_iscrowd", _set(("annotations", 0, "iscrowd"), "no"), ["annotation id 1: iscrowd must be 0 or 1"]),
-    ("missing_image_file", _set(("images", 1, "file_name"), "gone.png"),
+    ("bad_iscrowd", set_at(("annotations", 0, "iscrowd"), "no"), ["annotation id 1: iscrowd must be 0 or 1"]),
+    ("missing_image_file", set_at(("images", 1, "file_name"), "gone.png"),
      ["image id 2 (gone.png): file not found"]),
-    ("directory_not_file", _set(("images", 1, "file_name"), "sub"), ["image id 2 (sub): not a regular file"]),
+    ("directory_not_file", set_at(("images", 1, "file_name"), "sub"), ["image id 2 (sub): not a regular file"]),
 ]
 
 

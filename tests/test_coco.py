@@ -8,6 +8,7 @@ import logging
 import math
 
 import pytest
+from conftest import set_at
 
 from mal.data.coco import BoxRecord, CocoError, load_boxes, load_coco_json
 
@@ -66,45 +67,33 @@ def test_dict_input_and_no_segmentation_needed(images_dir):
         load_boxes(coco, images_dir)
 
 
-def _set(path, value):
-    """Mutation that sets coco[path[0]][path[1]]...[path[-1]] = value."""
-
-    def f(c):
-        obj = c
-        for k in path[:-1]:
-            obj = obj[k]
-        obj[path[-1]] = value
-
-    return f
-
-
 BAD_CASES = [
     # id, mutation (or raw text), substrings the error must contain
     ("malformed_json", '{"images": [', ["invalid JSON", "line 1"]),
     ("missing_images_key", lambda c: c.pop("images"), ['missing top-level "images"']),
-    ("dup_annotation_id", _set(("annotations", 1, "id"), 10), ["annotation id 10", "duplicate annotation id"]),
-    ("dup_image_id", _set(("images", 1, "id"), 1), ["image id 1", "duplicate image id"]),
-    ("unknown_image_id", _set(("annotations", 0, "image_id"), 99), ["annotation id 10", "unknown image_id 99"]),
-    ("unknown_category_id", _set(("annotations", 1, "category_id"), 7), ["annotation id 11", "unknown category_id 7"]),
-    ("zero_size_box", _set(("annotations", 0, "bbox"), [5, 5, 0, 10]), ["annotation id 10", "zero or negative"]),
-    ("negative_size_box", _set(("annotations", 1, "bbox"), [5, 5, 10, -3]), ["annotation id 11", "zero or negative"]),
-    ("nan_box", _set(("annotations", 0, "bbox"), [5, math.nan, 3, 3]), ["annotation id 10", "NaN"]),
-    ("three_numbers", _set(("annotations", 1, "bbox"), [1, 2, 3]), ["annotation id 11", "list of 4 numbers"]),
-    ("fully_outside", _set(("annotations", 0, "bbox"), [60, 5, 10, 10]), ["annotation id 10", "entirely outside"]),
-    ("sub_pixel_after_clip", _set(("annotations", 0, "bbox"), [49.5, 5, 10, 10]), ["annotation id 10", "smaller than 1 px"]),
+    ("dup_annotation_id", set_at(("annotations", 1, "id"), 10), ["annotation id 10", "duplicate annotation id"]),
+    ("dup_image_id", set_at(("images", 1, "id"), 1), ["image id 1", "duplicate image id"]),
+    ("unknown_image_id", set_at(("annotations", 0, "image_id"), 99), ["annotation id 10", "unknown image_id 99"]),
+    ("unknown_category_id", set_at(("annotations", 1, "category_id"), 7), ["annotation id 11", "unknown category_id 7"]),
+    ("zero_size_box", set_at(("annotations", 0, "bbox"), [5, 5, 0, 10]), ["annotation id 10", "zero or negative"]),
+    ("negative_size_box", set_at(("annotations", 1, "bbox"), [5, 5, 10, -3]), ["annotation id 11", "zero or negative"]),
+    ("nan_box", set_at(("annotations", 0, "bbox"), [5, math.nan, 3, 3]), ["annotation id 10", "NaN"]),
+    ("three_numbers", set_at(("annotations", 1, "bbox"), [1, 2, 3]), ["annotation id 11", "list of 4 numbers"]),
+    ("fully_outside", set_at(("annotations", 0, "bbox"), [60, 5, 10, 10]), ["annotation id 10", "entirely outside"]),
+    ("sub_pixel_after_clip", set_at(("annotations", 0, "bbox"), [49.5, 5, 10, 10]), ["annotation id 10", "smaller than 1 px"]),
     ("missing_bbox", lambda c: c["annotations"][1].pop("bbox"), ["annotation id 11", "missing bbox"]),
-    ("bool_id", _set(("annotations", 0, "id"), True), ["annotation #0", "non-integer id"]),
-    ("float_image_id", _set(("images", 0, "id"), 1.0), ["image #0 (a.jpg)", "non-integer id"]),
-    ("non_positive_width", _set(("images", 1, "width"), 0), ["image id 2 (b.jpg)", "width"]),
-    ("dup_category_id", _set(("categories", 1, "id"), 1), ["category id 1", "duplicate category id"]),
-    ("missing_image_file", _set(("images", 1, "file_name"), "gone.png"), ["image id 2 (gone.png)", "file not found"]),
+    ("bool_id", set_at(("annotations", 0, "id"), True), ["annotation #0", "non-integer id"]),
+    ("float_image_id", set_at(("images", 0, "id"), 1.0), ["image #0 (a.jpg)", "non-integer id"]),
+    ("non_positive_width", set_at(("images", 1, "width"), 0), ["image id 2 (b.jpg)", "width"]),
+    ("dup_category_id", set_at(("categories", 1, "id"), 1), ["category id 1", "duplicate category id"]),
+    ("missing_image_file", set_at(("images", 1, "file_name"), "gone.png"), ["image id 2 (gone.png)", "file not found"]),
     ("empty_file", "  \n", ["file is empty"]),
-    ("inf_box", _set(("annotations", 0, "bbox"), [5, 5, math.inf, 3]), ["annotation id 10", "NaN or inf"]),
-    ("string_box", _set(("annotations", 0, "bbox"), ["5", "5", "3", "3"]), ["annotation id 10", "list of 4 numbers"]),
-    ("bad_iscrowd", _set(("annotations", 2, "iscrowd"), 2), ["annotation id 12", "iscrowd must be 0 or 1"]),
+    ("inf_box", set_at(("annotations", 0, "bbox"), [5, 5, math.inf, 3]), ["annotation id 10", "NaN or inf"]),
+    ("string_box", set_at(("annotations", 0, "bbox"), ["5", "5", "3", "3"]), ["annotation id 10", "list of 4 numbers"]),
+    ("bad_iscrowd", set_at(("annotations", 2, "iscrowd"), 2), ["annotation id 12", "iscrowd must be 0 or 1"]),
     ("missing_height", lambda c: c["images"][0].pop("height"), ["image id 1 (a.jpg)", "missing height"]),
-    ("image_not_object", _set(("images", 2), "unused.jpg"), ["image #2", "not an object"]),
-    ("annotations_not_list", _set(("annotations",), {}), ['"annotations" must be a list']),
+    ("image_not_object", set_at(("images", 2), "unused.jpg"), ["image #2", "not an object"]),
+    ("annotations_not_list", set_at(("annotations",), {}), ['"annotations" must be a list']),
 ]
 
 

@@ -117,6 +117,24 @@ class ImageCrops(Dataset):
         return item
 
 
+class ImageReader(Dataset):
+    """One item per image: the COCO entry, its records and the decoded RGB image, or ``error`` (str)
+    naming the file when it cannot be read or its size disagrees with the COCO file (as
+    :class:`ImageCrops` does), so the loop can report or skip it. Used by the engines and by
+    segmenter evaluation (with no records)."""
+
+    def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset):
+        self.groups = groups
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        entry, records = self.groups[i]
+        return read_image_item(self.data, entry, records)
+
+
 def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> dict:
     """``{"image": entry, "records": records, "pixels": HxWx3 uint8}``, or ``"error"`` (a message naming
     the file) instead of pixels when the image cannot be read or its size disagrees with the COCO file,

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..data.coco import BoxDataset, BoxRecord, load_boxes
 from ..data.crops import box_mask, xywh_to_xyxy
-from ..data.dataset import read_image_item
+from ..data.dataset import ImageReader
 from ..label import LabelSummary, annotation_out, check_strict, label_in_chunks
 
 log = logging.getLogger("mal")
@@ -34,23 +34,6 @@ class Engine(Protocol):
         """image HxWx3 uint8 RGB; boxes (N,4) float x0,y0,x1,y1 pixel-edge coords.
         Returns N boolean HxW masks and N scores in [0,1]."""
         ...
-
-
-class _ImageReader(Dataset):
-    """One item per image: the COCO entry, its records and the decoded RGB image, or ``error`` (str)
-    naming the file when it cannot be read or its size disagrees with the COCO file (as
-    :class:`mal.data.dataset.ImageCrops` does), so the loop can report or skip it."""
-
-    def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset):
-        self.groups = groups
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, i: int) -> dict:
-        entry, records = self.groups[i]
-        return read_image_item(self.data, entry, records)
 
 
 def _check_output(engine: Engine, masks, scores, n: int, H: int, W: int, file_name: str):
@@ -77,7 +60,7 @@ class EngineLabeler:
         self.identity = engine_identity(engine)
 
     def dataset(self, groups: list[tuple[dict, list[BoxRecord]]]) -> Dataset:
-        return _ImageReader(groups, self.data)
+        return ImageReader(groups, self.data)
 
     def add(self, item: dict) -> list[dict]:
         entry, records = item["image"], item["records"]

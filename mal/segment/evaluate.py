@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
 from ..data.coco import BoxDataset, CocoError
-from ..data.dataset import collate_single, read_image_item
+from ..data.dataset import ImageReader, collate_single
 from ..runtime import autocast, resolve_device, resolve_precision
 from .data import AGNOSTIC, load_instances
 from .model import SegmenterConfig, load_segmenter
@@ -23,17 +23,6 @@ from .model import SegmenterConfig, load_segmenter
 log = logging.getLogger("mal")
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-class _Images(Dataset):
-    def __init__(self, data: BoxDataset, entries: list[dict]):
-        self.data, self.entries = data, entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, i: int) -> dict:
-        return read_image_item(self.data, self.entries[i], [])
 
 
 def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: set[int], *,
@@ -44,7 +33,7 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
     prec = resolve_precision(precision, dev)
     model = model.to(dev).eval()
     entries = [e for e in data.coco["images"] if e["id"] in image_ids]
-    loader = DataLoader(_Images(data, entries), batch_size=1, collate_fn=collate_single,
+    loader = DataLoader(ImageReader([(e, []) for e in entries], data), batch_size=1, collate_fn=collate_single,
                         num_workers=num_workers)
     results: list[dict] = []
     for item in tqdm(loader, total=len(entries), desc="segmenting", unit="img", disable=not progress):
