@@ -18,7 +18,7 @@ from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
 from .modeling.labeler import LabelerConfig, save_labeler
 from .runtime import quiet_lightning, resolve_precision
-from .train import MALModule, ReplicaSyncCheck, TrainConfig, module_kwargs
+from .train import MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, fit_resumable, module_kwargs
 
 log = logging.getLogger("mal")
 
@@ -61,22 +61,11 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
     devices, num_nodes = launcher_world(devices, num_nodes)
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        log.warning("--resume: no checkpoint at %s; training from the start", last)
     every = max(1, min(500, max_steps)) if max_steps > 0 else 500  # checkpoint cadence (steps)
-    trainer = L.Trainer(
-        default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
-        precision="bf16-mixed" if prec == "bf16" else "32-true",
-        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
-        # No version counter: a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside it.
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=every,
-                                                       enable_version_counter=False),
-                   sync := ReplicaSyncCheck()],
-        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
-    )
+    sync = ReplicaSyncCheck()
+    trainer = build_trainer(out, accelerator=acc, precision=prec, devices=devices, num_nodes=num_nodes,
+                            epochs=epochs, max_steps=max_steps, every=every, progress=progress,
+                            callbacks=[sync])
     # Lightning gives each process a 1/world share of the boxes (DistributedSampler), so batches
     # and the schedule's length are counted per process.
     # (trainer.world_size is only set once fit() has started the processes.)
@@ -92,9 +81,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
                                        strict_weights=strict_weights))
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
-    if trainer.global_step % every:  # the last stretch since the periodic checkpoint: resumable too
-        trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
+    fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:
         save_labeler(module.teacher, out)
         secs = time.perf_counter() - t0

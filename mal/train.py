@@ -6,6 +6,7 @@ import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -201,3 +202,34 @@ class ReplicaSyncCheck(L.Callback):
                                    + ", ".join(f"{r}: {d}" for r, d in enumerate(every)) + ")")
         if rank == 0:
             log.info("replicas in sync: all %d processes end with parameter digest %s", world, digest)
+
+
+def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int | str, num_nodes: int,
+                  epochs: int, max_steps: int, every: int, progress: bool, callbacks=()) -> L.Trainer:
+    """A Trainer with mal's run layout (shared by `mal train` and `mal segment train`):
+    ``out/checkpoints/last.ckpt`` every ``every`` steps, CSV logs in ``out/logs``.
+    ``accelerator`` "cpu"/"gpu"; ``precision`` "bf16"/"32" (resolved by the caller)."""
+    return L.Trainer(
+        default_root_dir=str(out), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        precision="bf16-mixed" if precision == "bf16" else "32-true",
+        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
+        # No version counter: a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside it.
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                       every_n_train_steps=every, enable_version_counter=False),
+                   *callbacks],
+        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
+        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
+    )
+
+
+def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Path, *, resume: bool,
+                  every: int) -> None:
+    """fit(), from ``out/checkpoints/last.ckpt`` when ``resume``; the last stretch since the periodic
+    checkpoint is saved too, so a later --resume starts from the true end."""
+    last = out / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        log.warning("--resume: no checkpoint at %s; training from the start", last)
+    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    if trainer.global_step % every:
+        trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
+

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..api import launcher_world
 from ..runtime import quiet_lightning, resolve_precision
-from ..train import lr_lambda
+from ..train import build_trainer, fit_resumable, lr_lambda
 from .data import InstanceMasks, class_map, collate, load_instances
 from .model import SegmenterConfig, build_segmenter, save_segmenter
 
@@ -98,26 +98,12 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
     prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
     module = SegmenterModule(asdict(cfg), asdict(o), weights=str(weights) if weights else None,
                              strict_weights=strict_weights)
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
     every = 200  # checkpoint cadence (steps); fixed, so a resumed run with other --max-steps matches it
     devices, num_nodes = launcher_world(devices, 1)
-    trainer = L.Trainer(
-        default_root_dir=str(out), accelerator=acc, devices=devices, num_nodes=num_nodes,
-        precision="bf16-mixed" if prec == "bf16" else "32-true",
-        max_epochs=epochs if max_steps <= 0 else -1, max_steps=steps,
-        # enable_version_counter=False: a resumed run overwrites last.ckpt (else Lightning writes
-        # last-v1.ckpt beside it and the next --resume would start from the stale one).
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
-                                                       enable_version_counter=False,
-                                                       every_n_train_steps=every)],
-        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
-    )
+    trainer = build_trainer(out, accelerator=acc, precision=prec, devices=devices, num_nodes=num_nodes,
+                            epochs=epochs, max_steps=steps, every=every, progress=progress)
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
-    if trainer.global_step % every:  # the last stretch since the periodic checkpoint: resumable too
-        trainer.save_checkpoint(last, weights_only=False)
+    fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:
         save_segmenter(module.model, cfg, out)
         secs = time.perf_counter() - t0
