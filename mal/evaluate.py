@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["EvalError", "evaluate", "format_report", "to_rle"]
+__all__ = ["EvalError", "auroc", "evaluate", "format_report", "spearman", "to_rle"]
 
 BBOX_TOL = 1e-3  # px; boxes are copied through unchanged, so anything larger is a different box
 SMALL_MAX = 32 * 32  # COCO size rule: area < 32^2 is small
 MEDIUM_MAX = 96 * 96  # area < 96^2 is medium, otherwise large
 SIZES = ("small", "medium", "large")
+LOW_IOU = 0.5  # score_quality: an instance below this IoU is "bad"
 
 
 class EvalError(ValueError):
@@ -170,6 +171,65 @@ def _summarise(rows: list[dict]) -> tuple[float | None, float | None]:
     return _mean(r["iou"] for r in rows), _mean(np.mean(v) for v in by_cat.values())
 
 
+def _ranks(x) -> np.ndarray:
+    """1-based ranks of x, ties sharing their average rank."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
+def spearman(a, b) -> float | None:
+    """Spearman rank correlation of a and b (average ranks for ties).
+
+    None when it is undefined: fewer than two values, or either side constant.
+    """
+    ra, rb = _ranks(a), _ranks(b)
+    if len(ra) != len(rb):
+        raise ValueError(f"spearman: lengths differ ({len(ra)} vs {len(rb)})")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = np.sqrt((ra @ ra) * (rb @ rb))
+    return float(ra @ rb / denom) if len(ra) > 1 and denom > 0 else None
+
+
+def auroc(labels, scores) -> float | None:
+    """Area under the ROC curve of ``scores`` for detecting ``labels`` == 1.
+
+    Mann-Whitney U / (n_pos * n_neg): the chance that a random positive scores
+    higher than a random negative, ties counting 1/2. None without positives
+    or without negatives.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=float)
+    if labels.shape != scores.shape:
+        raise ValueError(f"auroc: shapes differ ({labels.shape} vs {scores.shape})")
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    u = _ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def _score_quality(rows: list[dict], pr_anns: dict) -> dict | None:
+    """Does the prediction ``score`` rank instances by their true IoU?
+
+    Uses the scored instances among ``rows`` (the same IoUs as the mIoU);
+    None if no prediction carries a score.
+    """
+    pairs = [(float(pr_anns[r["id"]]["score"]), r["iou"]) for r in rows
+             if pr_anns[r["id"]].get("score") is not None]
+    if not pairs:
+        return None
+    score, iou = np.array(pairs).T
+    low = iou < LOW_IOU
+    return {"spearman": spearman(score, iou),
+            "auroc_low_iou": auroc(low, -score),  # low score should flag low IoU
+            "n": len(pairs), "n_low": int(low.sum()), "threshold": LOW_IOU}
+
+
 def _coco_ap(gt: dict, gt_anns: dict, pr_anns: dict, rles: dict, gt_rles: dict) -> dict:
     """COCO segm AP with every prediction as a detection (pycocotools COCOeval)."""
     from pycocotools.coco import COCO
@@ -215,8 +275,10 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
     gt / pred: paths to COCO instances JSON files, or already-loaded dicts.
     Returns a JSON-serialisable dict with ``num_instances``, ``num_classes``,
     ``miou_instance``, ``miou_class``, ``miou_size``, ``per_class``,
-    ``per_instance`` and (if ``compute_ap``) ``ap``. Crowd ground truth
-    (``iscrowd`` = 1) is not scored in the mIoU figures.
+    ``score_quality`` (how well the prediction ``score`` ranks instances by
+    IoU: Spearman rho, and AUROC of a low score for IoU < 0.5; None if no
+    prediction has a score), ``per_instance`` and (if ``compute_ap``) ``ap``.
+    Crowd ground truth (``iscrowd`` = 1) is not scored in the mIoU figures.
     Raises EvalError if the inputs are unreadable or describe different boxes.
     """
     gt_d, gt_name = _load(gt, "ground-truth")
@@ -269,6 +331,7 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
         "miou_class": miou_cls,
         "miou_size": miou_size,
         "per_class": per_class,
+        "score_quality": _score_quality(rows, pr_anns),
     }
     if compute_ap:
         report["ap"] = _coco_ap(gt_d, gt_anns, pr_anns, pr_rles, gt_rles)
@@ -293,4 +356,9 @@ def format_report(report: dict) -> str:
     if ap:
         lines.append(f"AP    segm {_f(ap['AP'])}  AP50 {_f(ap['AP50'], 2)}  AP75 {_f(ap['AP75'], 2)}  "
                      f"(S {_f(ap['APs'], 2)} M {_f(ap['APm'], 2)} L {_f(ap['APl'], 2)})")
+    sq = report.get("score_quality")
+    if sq:
+        lines.append(f"score vs IoU: Spearman {_f(sq['spearman'], 2)}, "
+                     f"AUROC(IoU<{sq['threshold']:g}) {_f(sq['auroc_low_iou'], 2)} "
+                     f"(n={sq['n']}, {sq['n_low']} below {sq['threshold']:g})")
     return "\n".join(lines)

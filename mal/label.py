@@ -251,16 +251,24 @@ class ModelLabeler:
         if not self.pending:
             return []
         crops = torch.cat([it["crops"] for it in self.pending])
+        boxes = torch.cat([it["boxes"] for it in self.pending])
+        probs, ious = [], []
         with torch.inference_mode(), autocast(self.device, self.precision):
-            probs = torch.cat([torch.sigmoid(self.model(c.to(self.device)).float()).cpu()
-                               for c in crops.split(self.batch_size)]).numpy()
+            for c, b in zip(crops.split(self.batch_size), boxes.split(self.batch_size)):
+                logits, iou = self.model(c.to(self.device), b.to(self.device))
+                probs.append(torch.sigmoid(logits.float()).cpu())
+                ious.append(None if iou is None else iou.float().cpu())
+        probs = torch.cat(probs).numpy()
+        ious = None if ious[0] is None else torch.cat(ious).numpy()
         out, start = [], 0
         for it in self.pending:
             entry, records = it["image"], it["records"]
             H, W = entry["height"], entry["width"]
-            for r, p, win in zip(records, probs[start:start + len(records)], it["windows"]):
+            for j, (r, p, win) in enumerate(zip(records, probs[start:start + len(records)], it["windows"])):
                 box = xywh_to_xyxy(r.bbox)
                 mask, score, fb = mask_from_prob(paste_mask(p, win, H, W, box), box, self.threshold)
+                if ious is not None and fb is None:  # SAM's IoU head: its own estimate of the mask's quality
+                    score = float(np.clip(ious[start + j], 0.0, 1.0))
                 out.append(annotation_out(self.anns_by_id[r.ann_id], mask, score, fb))
             start += len(records)
         self.pending.clear()
@@ -286,7 +294,7 @@ def check_strict(strict: bool, skip_bad_images: bool) -> bool:
 
 def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str | Path | dict,
           out: str | Path, *, batch_size: int = 16, num_workers: int = 1, device: str = "auto",
-          precision: str = "auto", threshold: float = 0.5, expand: float = 1.3,
+          precision: str = "auto", threshold: float = 0.5, expand: float | None = None,
           skip_bad_images: bool = False, progress: bool = True,
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
@@ -307,6 +315,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     if not isinstance(model, MaskLabeler):
         model = load_labeler(model)
     model = model.to(dev).eval()
+    expand = model.config.label_expand if expand is None else expand
     labeler = ModelLabeler(model, data, dev, prec, batch_size, threshold, expand)
     return label_in_chunks(labeler, data, annotations, out, num_workers=num_workers,
                            skip_bad_images=skip_bad_images, progress=progress, shard=shard,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from mal.evaluate import EvalError, evaluate, format_report
+from mal.evaluate import EvalError, auroc, evaluate, format_report, spearman
 
 H, W = 40, 50
 
@@ -189,3 +189,49 @@ def test_files_are_loaded_and_bad_files_named(gt, tmp_path):
     pp.write_text(json.dumps({"images": []}))
     with pytest.raises(EvalError, match=r"pred\.json has no 'annotations'"):
         evaluate(str(gp), str(pp))
+
+
+def test_spearman_known_answers():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [0.9, 0.5, 0.2, 0.1]) == pytest.approx(-1.0)
+    # a has a tie -> ranks [1, 2.5, 2.5, 4]; rho = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10).
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / np.sqrt(10))
+    assert spearman([0.7, 0.7, 0.7], [0.1, 0.5, 0.9]) is None  # constant score
+    assert spearman([0.5], [0.3]) is None
+
+
+def test_spearman_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 5, 50), rng.random(50)  # many ties in a
+    assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+
+
+def test_auroc_known_answers():
+    # positives 0.9, 0.4 vs negatives 0.6, 0.1: 3 of the 4 pairs ordered right.
+    assert auroc([1, 1, 0, 0], [0.9, 0.4, 0.6, 0.1]) == pytest.approx(0.75)
+    assert auroc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert auroc([1, 0, 1, 0], [0.3, 0.3, 0.3, 0.3]) == 0.5  # all ties count 1/2
+    assert auroc([1, 0], [0.2, 0.2]) == 0.5
+    assert auroc([0, 0, 0], [0.1, 0.2, 0.3]) is None
+    assert auroc([1, 1], [0.1, 0.2]) is None
+
+
+def test_score_quality_end_to_end(gt):
+    # ious: 1 -> 30/100 = 0.3, 2 -> 1.0, 3 -> 150/200 = 0.75; score = iou.
+    pred = with_masks(gt, {1: rect(0, 10, 0, 3), 3: rect(5, 20, 5, 15)})
+    for a, s in zip(pred["annotations"], (0.3, 1.0, 0.75)):
+        a["score"] = s
+    rep = evaluate(gt, pred, compute_ap=False)
+    assert {r["id"]: r["iou"] for r in rep["per_instance"]} == {1: 0.3, 2: 1.0, 3: 0.75}
+    assert rep["score_quality"] == {"spearman": pytest.approx(1.0), "auroc_low_iou": 1.0,
+                                    "n": 3, "n_low": 1, "threshold": 0.5}
+    assert "score vs IoU: Spearman 1.00, AUROC(IoU<0.5) 1.00 (n=3, 1 below 0.5)" in format_report(rep)
+
+    for a, s in zip(pred["annotations"], (0.9, 0.1, 0.5)):  # reversed ranking
+        a["score"] = s
+    sq = evaluate(gt, pred, compute_ap=False)["score_quality"]
+    assert sq["spearman"] == pytest.approx(-1.0) and sq["auroc_low_iou"] == 0.0
+
+    # Without scores there is nothing to rank.
+    assert evaluate(gt, copy.deepcopy(gt), compute_ap=False)["score_quality"] is None

@@ -30,7 +30,8 @@ class TrainCrops(Dataset):
     """One item per training box: a randomly expanded crop, its augmented copy and the box mask.
 
     Item: ``image`` (3, S, S) uint8 clean crop (teacher), ``image_aug`` (3, S, S) uint8 (student),
-    ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution.
+    ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution, ``box`` (4,)
+    float x0,y0,x1,y1 in crop pixels (the prompt of a box-prompted decoder).
 
     An unreadable image (see :func:`read_image_item`) is reported once and its boxes are replaced by
     the next readable ones: losing a few training boxes is harmless, stopping a long run is not.
@@ -79,18 +80,22 @@ class TrainCrops(Dataset):
         window = expand_box(box, random_ratios(rng, self.max_margin))
         crop = crop_and_resize(image, window, self.size)
         m = self.size // MASK_STRIDE
-        bmask = box_mask(box_in_crop(box, window, self.size) / MASK_STRIDE, m, m)
-        if rng.random() < 0.5:  # horizontal flip: geometric, so applied to crop and box mask alike
+        cbox = box_in_crop(box, window, self.size)
+        bmask = box_mask(cbox / MASK_STRIDE, m, m)
+        if rng.random() < 0.5:  # horizontal flip: geometric, so applied to crop, box mask and box alike
             crop, bmask = crop[:, ::-1], bmask[:, ::-1]
+            cbox = np.array([self.size - cbox[2], cbox[1], self.size - cbox[0], cbox[3]])
         t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
-        return {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy())}
+        return {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy()),
+                "box": torch.from_numpy(cbox).float()}
 
 
 class ImageCrops(Dataset):
     """One item per image (for labeling): fixed-expansion crops of all its boxes.
 
     Item: ``image`` (the COCO image entry), ``records``, ``crops`` (N, 3, S, S) uint8,
-    ``windows`` (N, 4) int64 crop windows in image pixels, or ``error`` (str) if the image
+    ``windows`` (N, 4) int64 crop windows in image pixels, ``boxes`` (N, 4) float32 boxes in crop
+    pixels, or ``error`` (str) if the image
     cannot be read, so the labeling loop can report and skip it instead of crashing.
     """
 
@@ -110,10 +115,13 @@ class ImageCrops(Dataset):
         if "error" in item:
             return item
         image = item.pop("pixels")
-        windows = np.stack([expand_box(xywh_to_xyxy(r.bbox), (self.expand,) * 4) for r in records])
+        boxes = [xywh_to_xyxy(r.bbox) for r in records]
+        windows = np.stack([expand_box(b, (self.expand,) * 4) for b in boxes])
         crops = np.stack([crop_and_resize(image, w, self.size) for w in windows])
         item["crops"] = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
         item["windows"] = windows
+        item["boxes"] = torch.from_numpy(np.stack([box_in_crop(b, w, self.size)
+                                                   for b, w in zip(boxes, windows)])).float()
         return item
 
 

@@ -1,4 +1,12 @@
-"""The mask labeler: encoder + K.V decoder, one class-agnostic mask per box crop."""
+"""The mask labeler: one class-agnostic mask per box crop.
+
+Two decoders on the same crop geometry (``LabelerConfig.decoder``):
+- ``"kv"``: the MAL paper's K.V decoder (:mod:`.decoder`) on any timm encoder, trained from scratch;
+- ``"sam"``: SAM's prompt encoder + mask decoder (:mod:`.sam_decoder`) behind SAM's neck
+  (:mod:`.neck`) on a SAM-distilled trunk, prompted with the box in crop coordinates. With its
+  pretrained weights and no training it is zero-shot SAM on the crop; ``mal train`` adapts it.
+Both return logits at stride 4 of the crop (SAM: 4x its stride-16 embedding grid).
+"""
 from __future__ import annotations
 
 import json
@@ -10,6 +18,8 @@ from torch import nn
 
 from .decoder import MaskDecoder
 from .encoder import Encoder, build_encoder
+from .neck import SamNeck, load_neck_weights
+from .sam_decoder import SamBoxDecoder, load_sam_decoder_weights
 
 OUTPUT_STRIDE = 4
 
@@ -19,23 +29,40 @@ class LabelerConfig:
     """Everything needed to rebuild a labeler (saved as config.json next to its weights)."""
     backbone: str = "tiny_vit_5m_sam"
     crop_size: int = 256
-    decoder_dim: int = 128
-    decoder_convs: int = 4
+    decoder: str = "kv"                 # "kv" (MAL's K.V decoder) or "sam" (SAM's, box-prompted)
+    decoder_dim: int = 128              # kv only
+    decoder_convs: int = 4              # kv only
+    label_expand: float = 1.3           # labeling crop = this x the box per axis (around its centre)
     timm_kwargs: dict = field(default_factory=dict)  # extra timm constructor args (tiny test models)
 
 
-class MaskLabeler(nn.Module):
-    """forward: crops (B, 3, S, S) float RGB in 0..255 -> mask logits (B, S/4, S/4).
+DECODERS = ("kv", "sam")
 
-    Normalisation lives in the model (as in segment-anything), so checkpoints are self-contained.
+
+class MaskLabeler(nn.Module):
+    """forward: crops (B, 3, S, S) float RGB in 0..255, boxes (B, 4) x0,y0,x1,y1 in crop pixels
+    -> (mask logits (B, S/4, S/4), predicted IoU (B,) or None).
+
+    The K.V decoder ignores the boxes (the crop geometry centres them) and predicts no IoU; SAM's
+    decoder takes the box as its prompt. Normalisation lives in the model (as in segment-anything),
+    so checkpoints are self-contained.
     """
 
     def __init__(self, encoder: Encoder, config: LabelerConfig):
         super().__init__()
+        if config.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {config.decoder!r}")
         self.config = config
         self.encoder = encoder
         stride = encoder.stride(config.crop_size)
-        self.decoder = MaskDecoder(encoder.out_channels, stride, config.decoder_dim, config.decoder_convs)
+        if config.decoder == "sam":
+            if stride != 16:
+                raise ValueError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "
+                                 f"{config.backbone} has stride {stride} at crop {config.crop_size}")
+            self.neck = SamNeck(encoder.out_channels)
+            self.decoder = SamBoxDecoder()
+        else:
+            self.decoder = MaskDecoder(encoder.out_channels, stride, config.decoder_dim, config.decoder_convs)
         self.register_buffer("pixel_mean", torch.tensor(encoder.mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(encoder.std).view(1, 3, 1, 1) * 255, persistent=False)
 
@@ -44,18 +71,42 @@ class MaskLabeler(nn.Module):
         x = (crops.float() - self.pixel_mean) / self.pixel_std
         return x.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(crops)
-        S = x.shape[-1]
-        return self.decoder(self.encoder(x), (S // OUTPUT_STRIDE, S // OUTPUT_STRIDE))
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        """crops (B, 3, S, S) 0..255 -> features (B, C, h, w) the decoder reads."""
+        f = self.encoder(self.normalize(crops))
+        return self.neck(f) if self.config.decoder == "sam" else f
+
+    def decode(self, feats: torch.Tensor, boxes: torch.Tensor | None, crop_size: int
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.config.decoder == "sam":
+            if boxes is None:
+                raise ValueError("the sam decoder needs the boxes (its prompts)")
+            return self.decoder(feats, boxes.to(feats.device), input_size=(crop_size, crop_size))
+        m = crop_size // OUTPUT_STRIDE
+        return self.decoder(feats, (m, m)), None
+
+    def forward(self, crops: torch.Tensor, boxes: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.decode(self.embed(crops), boxes, crops.shape[-1])
 
 
-def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None,
-                  strict: bool = True) -> MaskLabeler:
-    """A new labeler; ``weights`` are the encoder's pretrained weights (local file)."""
+def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, strict: bool = True,
+                  neck_weights: str | Path | None = None,
+                  decoder_weights: str | Path | None = None) -> MaskLabeler:
+    """A new labeler; ``weights`` are the encoder's pretrained weights (local file). For the sam
+    decoder, ``neck_weights`` (SAM's neck) and ``decoder_weights`` (SAM's prompt encoder + mask
+    decoder: an ONNX export or a checkpoint) too; without them those parts start from random."""
     enc = build_encoder(config.backbone, weights=weights, img_size=config.crop_size, strict=strict,
                         **config.timm_kwargs)
-    return MaskLabeler(enc, config)
+    model = MaskLabeler(enc, config)
+    if config.decoder == "sam":
+        if neck_weights is not None:
+            load_neck_weights(model.neck, neck_weights)
+        if decoder_weights is not None:
+            load_sam_decoder_weights(model.decoder, decoder_weights)
+    elif neck_weights is not None or decoder_weights is not None:
+        raise ValueError("neck / decoder weights are for the sam decoder (LabelerConfig.decoder='sam')")
+    return model
 
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
