@@ -25,7 +25,8 @@ def test_batches_spanning_images_give_identical_output(scenes, model, tmp_path):
     images, _, boxes = scenes
     outs = []
     for bs in (1, 3, 100):
-        label(model, images, boxes, tmp_path / f"{bs}.json", batch_size=bs, num_workers=0, progress=False)
+        label(model, images, boxes, tmp_path / f"{bs}.json", batch_size=bs, num_workers=0, progress=False,
+              precision="32")  # bf16 (auto on AMX CPUs) rounds differently for other batch shapes
         outs.append(json.loads((tmp_path / f"{bs}.json").read_text())["annotations"])
     assert outs[0] == outs[1] == outs[2]
     assert len(outs[0]) == len(json.loads(boxes.read_text())["annotations"])
