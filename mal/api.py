@@ -16,9 +16,10 @@ from .data.coco import load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
-from .modeling.labeler import LabelerConfig, sam_weight_files, save_labeler
+from .modeling.labeler import LabelerConfig, default_labeler_config, sam_weight_files, save_labeler
 from .runtime import quiet_lightning, resolve_precision
-from .train import MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, fit_resumable, module_kwargs
+from .train import (MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, default_train_config, fit_resumable,
+                    module_kwargs)
 
 log = logging.getLogger("mal")
 
@@ -41,14 +42,19 @@ def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
     return devices, num_nodes
 
 
-def resolve_decoder(decoder: str, backbone: str, decoder_weights: str | Path | None = None) -> str:
-    """"auto" -> "sam" for SAM's trunk (tiny_vit_5m_sam) when SAM's decoder file is given or in
-    shared/weights (the better labeler, BENCHMARKS.md), else "kv" (any other backbone)."""
+def resolve_decoder(decoder: str, backbone: str, neck_weights: str | Path | None = None,
+                    decoder_weights: str | Path | None = None) -> str:
+    """"auto" -> "sam" for SAM's trunk (tiny_vit_5m_sam) when SAM's neck and decoder files are given or
+    in shared/weights (the better labeler, BENCHMARKS.md), else "kv" (any other backbone)."""
     if decoder != "auto":
         return decoder
-    from .engines.sam import DEFAULT_DECODER
-    sam_files = decoder_weights is not None or DEFAULT_DECODER.is_file()
-    return "sam" if backbone == "tiny_vit_5m_sam" and sam_files else "kv"
+    if backbone != "tiny_vit_5m_sam":
+        return "kv"
+    try:
+        sam_weight_files(None, neck_weights, decoder_weights)
+    except FileNotFoundError:
+        return "kv"
+    return "sam"
 
 
 def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
@@ -61,6 +67,9 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
           resume: bool = False, strict: bool = False, progress: bool = True) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
+    ``labeler`` / ``train_config`` default to the decoder's defaults (:func:`default_labeler_config`,
+    :func:`default_train_config`), for the sam decoder when SAM's files are in shared/weights.
+
     The run directory gets Lightning checkpoints (``checkpoints/last.ckpt``, used by ``resume``),
     and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
     With several devices or nodes (or under torchrun) it trains with DDP: ``batch_size`` is per
@@ -71,8 +80,9 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     """
     out = Path(out)
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
-    labeler = labeler or LabelerConfig()
-    cfg = train_config or TrainConfig()
+    labeler = labeler or default_labeler_config(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
+                                                                decoder_weights))
+    cfg = train_config or default_train_config(labeler.decoder)
     epochs = RUN_DEFAULTS[labeler.decoder]["epochs"] if epochs is None else epochs
     min_area = RUN_DEFAULTS[labeler.decoder]["min_area"] if min_area is None else min_area
     L.seed_everything(seed, workers=True, verbose=False)

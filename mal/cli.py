@@ -15,7 +15,7 @@ def _train(a) -> None:
     from .api import resolve_decoder, train
     from .modeling.labeler import default_labeler_config
     from .train import default_train_config
-    decoder = resolve_decoder(a.decoder, a.backbone, a.decoder_weights)
+    decoder = resolve_decoder(a.decoder, a.backbone, a.neck_weights, a.decoder_weights)
     given = lambda names: {n: getattr(a, n) for n in names if getattr(a, n) is not None}  # noqa: E731
     labeler = replace(default_labeler_config(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs,
                       **given(["crop_size", "decoder_dim", "label_expand", "view"]))
@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + name.replace("_", "-"), type=float if name not in
                        ("warmup_steps", "mil_ramp_steps", "crf_ramp_steps") else int,
                        help="default: the decoder's (see mal.train.default_train_config)")
-    t.add_argument("--epochs", type=int, help="passes over the boxes (default: the decoder's, mal.api.RUN_DEFAULTS)")
+    t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 boxes each (view image); default: the "
+                        "decoder's, mal.api.RUN_DEFAULTS")
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "

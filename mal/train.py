@@ -131,6 +131,8 @@ class MALModule(L.LightningModule):
             log.debug("not trained (unused by the forward pass): %s", ", ".join(unused))
         if self.labeler_config.decoder == "sam" and self.cfg.freeze_encoder >= 1:
             self.student.neck.requires_grad_(False)  # the whole image side stays SAM's
+        if self.labeler_config.decoder == "sam" and self.cfg.iou_weight <= 0:
+            self.student.decoder.mask_decoder.iou_prediction_head.requires_grad_(False)  # no loss: no use
         self.teacher: MaskLabeler = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
         # The starting model, frozen: an anchor that keeps a pretrained decoder from drifting (e.g.
@@ -164,7 +166,9 @@ class MALModule(L.LightningModule):
         m = batch["box_mask"].shape[-1]
         index = torch.arange(len(batch["windows"]), device=maps.device) if per_box else batch["index"]
         rois = torch.cat([index[:, None].to(maps.dtype), batch["windows"].to(maps.dtype)], 1)
-        return roi_align(maps, rois, (m, m), spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+        # Per-box mask maps are smooth (2 samples per bin); the image is averaged over each bin (adaptive).
+        return roi_align(maps, rois, (m, m), spatial_scale=1.0 / stride, sampling_ratio=2 if per_box else -1,
+                         aligned=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         c = self.cfg
@@ -178,11 +182,13 @@ class MALModule(L.LightningModule):
                 feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
         student_logits, student_iou = self._logits(self.student, batch["image_aug"], feats_aug, batch)
         stride = batch["image"].shape[-1] / student_logits.shape[-1]
-        student_p = torch.sigmoid(self._in_windows(student_logits.float()[:, None], batch, stride)[:, 0])
+        # Probabilities, not logits, are resampled into the windows: a window past the frame's edge
+        # then reads 0 (background, as SAM's padding) there rather than sigmoid(0) = 0.5.
+        student_p = self._in_windows(torch.sigmoid(student_logits.float())[:, None], batch, stride)[:, 0]
         with torch.no_grad():
             self.teacher.eval()
             t_logits = self._logits(self.teacher, batch["image"], feats, batch)[0]
-            teacher_p = torch.sigmoid(self._in_windows(t_logits.float()[:, None], batch, stride)[:, 0])
+            teacher_p = self._in_windows(torch.sigmoid(t_logits.float())[:, None], batch, stride)[:, 0]
 
         mil = mil_loss(student_p, box).mean()
         # CRF colour features: the clean, normalised crop (or the box's window) at the mask's resolution.
@@ -199,9 +205,10 @@ class MALModule(L.LightningModule):
         logs = {"mil": mil, "crf": crf}
         if self.anchor is not None:
             with torch.no_grad():
+                self.anchor.eval()
                 a_logits = self._logits(self.anchor, batch["image"], feats, batch)[0]
-                a_logits = self._in_windows(a_logits.float()[:, None], batch, stride)[:, 0]
-            anchor = dice_loss(student_p, (a_logits > 0).float() * box).mean()
+                a_prob = self._in_windows(torch.sigmoid(a_logits.float())[:, None], batch, stride)[:, 0]
+            anchor = dice_loss(student_p, (a_prob > 0.5).float() * box).mean()
             loss = loss + c.anchor_weight * anchor
             logs["anchor"] = anchor
         if student_iou is not None and c.iou_weight > 0:
@@ -221,7 +228,8 @@ class MALModule(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        enc = [p for p in self.student.encoder.parameters() if p.requires_grad]
+        # The image side (encoder, and SAM's neck) moves slower than the decoder.
+        enc = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.startswith("decoder.")]
         dec = [p for p in self.student.decoder.parameters() if p.requires_grad]
         groups = [{"params": dec, "lr": c.lr}]
         if enc:

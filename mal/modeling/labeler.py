@@ -43,10 +43,11 @@ DECODERS = ("kv", "sam")
 
 
 def default_labeler_config(decoder: str) -> LabelerConfig:
-    """The defaults for a decoder. SAM needs context around the box to see the object (measured
-    zero-shot on coco2017_mini: 2.0x the box beats 1.3x; see BENCHMARKS.md)."""
+    """The defaults for a decoder. sam: the whole image (SAM's 1024 frame) beat per-box crops in
+    zero-shot measurements on coco2017_mini (BENCHMARKS.md); with ``view="crop"`` it needs context
+    (2.0x the box beat 1.3x), hence ``label_expand``."""
     if decoder == "sam":
-        return LabelerConfig(decoder="sam", crop_size=1024, view="image")
+        return LabelerConfig(decoder="sam", crop_size=1024, view="image", label_expand=2.0)
     return LabelerConfig(decoder=decoder)
 
 
@@ -139,7 +140,8 @@ def sam_weight_files(weights=None, neck=None, decoder=None) -> tuple[Path, Path,
     flags = {"weights": "--weights", "neck": "--neck-weights", "decoder": "--decoder-weights"}
     for k, f in files.items():
         if not f.is_file():
-            raise FileNotFoundError(f"{f}: the sam decoder needs SAM's {k} file ({flags[k]}): not found")
+            what = {"weights": "image-encoder trunk"}.get(k, k)
+            raise FileNotFoundError(f"{f}: the sam decoder needs SAM's {what} file ({flags[k]}): not found")
     return files["weights"], files["neck"], files["decoder"]
 
 

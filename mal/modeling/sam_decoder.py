@@ -68,6 +68,9 @@ class SamBoxDecoder(nn.Module):
         if input_size is None:
             input_size = (16 * h, 16 * w)
         if image_index is None:
+            if M not in (1, len(boxes)):
+                raise ValueError(f"{len(boxes)} boxes on {M} embeddings: say which embedding each box uses "
+                                 "(image_index)")
             image_index = torch.arange(len(boxes), device=boxes.device) if M == len(boxes) else \
                 torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
         sparse = self.embed_boxes(boxes, input_size).to(embeddings.dtype)
