@@ -8,7 +8,7 @@ run on this machine; each row in its own process, so its wall time and peak memo
 - mal_sam: `mal train --decoder sam` on the boxes, then `mal label`;
 - mal_kv: `mal train --decoder kv` (the paper's K.V decoder, BENCHMARKS.md's phase-1 recipe), then `mal label`.
 
-    python bench/labelers.py --out bench/results/labelers [--rows box sam sam_crops mal_sam mal_kv]
+    python bench/labelers.py --out bench/results/labelers [--rows box sam sam_image sam_crops mal_sam mal_kv]
 
 Training rows run the `mal` CLI (the commands are printed and saved), so the numbers are what a user
 gets from the same commands. Rows are appended to OUT/result.json as they finish.

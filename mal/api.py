@@ -112,9 +112,9 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
                         num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=collate)
     steps = max_steps if max_steps > 0 else epochs * (per_process // loader.batch_size)
     cfg = replace(cfg, total_steps=steps)
+    unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
-             len(data.records), min_area, steps, world, loader.batch_size,
-             "images" if labeler.view == "image" else "crops")
+             len(data.records), min_area, steps, world, loader.batch_size, unit)
 
     if labeler.decoder == "sam":
         weights, neck_weights, decoder_weights = sam_weight_files(weights, neck_weights, decoder_weights)
@@ -128,7 +128,6 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
         save_labeler(module.teacher, out)
         secs = time.perf_counter() - t0
         done = trainer.global_step - sync.start_step
-        unit = "images" if labeler.view == "image" else "crops"
         log.info("trained %d steps (to step %d) in %.0f s (%.2f %s/s); labeler saved to %s", done,
                  trainer.global_step, secs, done * loader.batch_size * world / max(secs, 1e-9), unit, out)
     return out

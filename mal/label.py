@@ -224,8 +224,9 @@ def merge(annotations: str | Path | dict, out: str | Path, *, work_dir: str | Pa
 
 
 class ModelLabeler:
-    """The trained MAL model as an :class:`ImageLabeler`: fixed-expansion crops of every box, run in
-    batches of ``batch_size`` crops that span images, pasted back and thresholded."""
+    """The trained MAL model as an :class:`ImageLabeler`: the crops of every image (one per box, or the
+    whole image for view "image"), encoded and decoded in batches of ``batch_size`` that span images,
+    pasted back and thresholded; scored by SAM's IoU head when the model has one."""
 
     name = "mal"
 

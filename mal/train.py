@@ -309,6 +309,19 @@ def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int |
     )
 
 
+def check_same_run(ckpt: Path, hparams: dict) -> None:
+    """--resume continues the run in ``ckpt`` only with the model and losses it was started with:
+    any other ``labeler`` / ``train`` setting (other than the schedule's length) is one clear error
+    instead of a state-dict mismatch deep inside Lightning."""
+    saved = torch.load(str(ckpt), map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    diffs = [f"{group}.{k}: {saved[group].get(k)!r} in the checkpoint, {v!r} now"
+             for group in ("labeler", "train") if isinstance(saved.get(group), dict)
+             for k, v in hparams.get(group, {}).items() if k != "total_steps" and saved[group].get(k) != v]
+    if diffs:
+        raise ValueError(f"{ckpt}: --resume needs the settings the run was started with; "
+                         f"{len(diffs)} differ: " + "; ".join(diffs[:4]))
+
+
 def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Path, *, resume: bool,
                   every: int) -> None:
     """fit(), from ``out/checkpoints/last.ckpt`` when ``resume``; the last stretch since the periodic
@@ -316,6 +329,8 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Pa
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         log.warning("--resume: no checkpoint at %s; training from the start", last)
+    if resume and last.is_file():
+        check_same_run(last, dict(module.hparams))
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
     if trainer.global_step % every:
         trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs

