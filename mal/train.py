@@ -44,10 +44,11 @@ class TrainConfig:
 
 def default_train_config(decoder: str) -> TrainConfig:
     """The defaults for a decoder. K.V: the paper's (a random decoder needs loss ramps). sam: the
-    decoder starts from SAM's weights, so no ramps; the image side stays frozen (on a few thousand
-    boxes fine-tuning it measured no better, and it costs a backward pass through the encoder), a
-    gentler learning rate, a faster EMA (the teacher is the exported labeler), the anchor to the
-    zero-shot start and the IoU head trained (its output is the mask's score)."""
+    decoder starts from SAM's weights, so no ramps; the image side stays frozen (student, teacher and
+    anchor then share one embedding per view and no backward pass runs through the encoder; tuning it
+    too, ``freeze_encoder < 1``, is not measured yet), a gentler learning rate, a faster EMA (the
+    teacher is the exported labeler), the anchor to the zero-shot start and the IoU head trained (its
+    output is the mask's score)."""
     if decoder == "sam":
         return TrainConfig(lr=5e-5, warmup_steps=20, mil_ramp_steps=1, crf_ramp_steps=1, ema_momentum=0.99,
                            freeze_encoder=1.0, anchor_weight=1.0, iou_weight=1.0)
