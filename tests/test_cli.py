@@ -36,3 +36,21 @@ def test_train_rejects_mismatched_weights(tmp_path, capsys):
                "--weights", str(tmp_path / "w.safetensors"), "--max-steps", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "w.safetensors" in err and "missing keys" in err
+
+
+def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):
+    images, _, boxes = make_scenes(tmp_path, num_images=2)
+    base = ["train", "--images", str(images), "--annotations", str(boxes), "--out", str(tmp_path / "run"),
+            "--backbone", "vit_tiny_patch16_224", "--crop-size", "64", "--min-area", "10", "--decoder-dim", "16",
+            "--timm-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}',
+            "--num-workers", "0", "--batch-size", "2"]
+    assert main(base + ["--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--max-steps", "2", "--resume"]) == 0  # same settings, longer: fine
+    capsys.readouterr()
+    rc = main(base + ["--max-steps", "3", "--resume", "--lr", "1e-3"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # the error; before it, Lightning's INFO lines (and, in-process, a
+    # stray logging error of the earlier runs' closed capture streams)
+    assert rc == 2 and "--resume needs the settings the run was started with" in last
+    assert "last.ckpt" in last and "train.lr: 0.0001 in the checkpoint, 0.001 now" in last
