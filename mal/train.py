@@ -149,12 +149,18 @@ class MALModule(L.LightningModule):
         return not any(p.requires_grad for n, p in self.student.named_parameters()
                        if not n.startswith("decoder."))
 
-    def _logits(self, model: MaskLabeler, crops: torch.Tensor, feats: torch.Tensor | None, batch: dict):
-        """(logits, iou) of ``model`` for the batch's boxes: from shared features when given."""
+    def _probs(self, model: MaskLabeler, crops: torch.Tensor, feats: torch.Tensor | None,
+               batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``model``'s foreground probabilities for the batch's boxes in their loss windows (N, m, m),
+        and its IoU prediction (N,) or None; from the shared features ``feats`` when given.
+
+        Probabilities, not logits, are resampled into the windows: a window past the frame's edge then
+        reads 0 (background, as SAM's padding) there rather than sigmoid(0) = 0.5."""
         S = crops.shape[-1]
-        if feats is None:
-            return model(crops, batch.get("boxes"), batch.get("index"))
-        return model.decode(feats, batch.get("boxes"), S, batch.get("index"))
+        boxes, index = batch.get("boxes"), batch.get("index")
+        logits, iou = model(crops, boxes, index) if feats is None else model.decode(feats, boxes, S, index)
+        probs = self._in_windows(torch.sigmoid(logits.float())[:, None], batch, S / logits.shape[-1])
+        return probs[:, 0], iou
 
     @staticmethod
     def _in_windows(maps: torch.Tensor, batch: dict, stride: float, per_box: bool = True) -> torch.Tensor:
@@ -174,22 +180,14 @@ class MALModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         c = self.cfg
         box = batch["box_mask"].float()
-        # "box" (crop view) or "boxes" + "index" (image view): the prompts of a box-prompted decoder.
-        if "box" in batch:
-            batch = {**batch, "boxes": batch["box"]}
         feats = feats_aug = None
         if self.frozen_image_side():
             with torch.no_grad():
                 feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
-        student_logits, student_iou = self._logits(self.student, batch["image_aug"], feats_aug, batch)
-        stride = batch["image"].shape[-1] / student_logits.shape[-1]
-        # Probabilities, not logits, are resampled into the windows: a window past the frame's edge
-        # then reads 0 (background, as SAM's padding) there rather than sigmoid(0) = 0.5.
-        student_p = self._in_windows(torch.sigmoid(student_logits.float())[:, None], batch, stride)[:, 0]
+        student_p, student_iou = self._probs(self.student, batch["image_aug"], feats_aug, batch)
         with torch.no_grad():
             self.teacher.eval()
-            t_logits = self._logits(self.teacher, batch["image"], feats, batch)[0]
-            teacher_p = self._in_windows(torch.sigmoid(t_logits.float())[:, None], batch, stride)[:, 0]
+            teacher_p = self._probs(self.teacher, batch["image"], feats, batch)[0]
 
         mil = mil_loss(student_p, box).mean()
         # CRF colour features: the clean, normalised crop (or the box's window) at the mask's resolution.
@@ -207,8 +205,7 @@ class MALModule(L.LightningModule):
         if self.anchor is not None:
             with torch.no_grad():
                 self.anchor.eval()
-                a_logits = self._logits(self.anchor, batch["image"], feats, batch)[0]
-                a_prob = self._in_windows(torch.sigmoid(a_logits.float())[:, None], batch, stride)[:, 0]
+                a_prob = self._probs(self.anchor, batch["image"], feats, batch)[0]
             anchor = dice_loss(student_p, (a_prob > 0.5).float() * box).mean()
             loss = loss + c.anchor_weight * anchor
             logs["anchor"] = anchor

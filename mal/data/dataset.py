@@ -31,7 +31,7 @@ class TrainCrops(Dataset):
     """One item per training box: a randomly expanded crop, its augmented copy and the box mask.
 
     Item: ``image`` (3, S, S) uint8 clean crop (teacher), ``image_aug`` (3, S, S) uint8 (student),
-    ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution, ``box`` (4,)
+    ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution, ``boxes`` (4,)
     float x0,y0,x1,y1 in crop pixels (the prompt of a box-prompted decoder).
 
     An unreadable image (see :func:`read_image_item`) is reported once and its boxes are replaced by
@@ -76,7 +76,7 @@ class TrainCrops(Dataset):
             cbox = np.array([self.size - cbox[2], cbox[1], self.size - cbox[0], cbox[3]])
         t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
         return {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy()),
-                "box": torch.from_numpy(cbox).float()}
+                "boxes": torch.from_numpy(cbox).float()}
 
 
 class ImageCrops(Dataset):
