@@ -4,9 +4,17 @@
 self-contained (inline CSS and a few lines of inline JavaScript for the category filter; no network
 resources), so it opens from disk in any browser and can be zipped and shared.
 
-Rows are ordered to put the annotations most worth looking at first: with two or more prediction
-files, those where the first two files disagree most (lowest mask IoU between them); with one
-file, the lowest-scoring masks.
+Rows are ordered to put the annotations most worth looking at first (``sort``): "disagreement",
+those where the first two files disagree most (lowest mask IoU between them), or "score", the
+first file's lowest-scoring masks; "auto" (default) is disagreement with two or more files, score
+with one. ``least_sure=N`` keeps only the first file's N lowest-score masks, so a reviewer fixes
+just those; the page says how many rows were left out and by which rule. Masks that labeling
+replaced by a fallback (flagged ``mal_fallback``, the least trustworthy) are marked in red.
+
+Images are read as ``mal label`` reads them (:func:`mal.data.dataset.read_sized_image`): EXIF
+orientation applied, or the stored pixels when only they match the COCO size (noted on the page).
+An unreadable image, or one whose size disagrees with the COCO file, stops ``show`` with an
+:class:`~mal.data.images.ImageError` naming the file: a page silently missing rows would mislead.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .data.images import read_rgb
+from .data.dataset import read_sized_image
+from .data.images import ImageError
 from .evaluate import EvalError, evaluate
 
 __all__ = ["show"]
@@ -142,6 +151,8 @@ td.cell{text-align:center}
 td.cell img{display:block;margin:0 auto 2px;max-width:256px;image-rendering:pixelated}
 .num{font-variant-numeric:tabular-nums}
 .low{color:#b00000;font-weight:bold}
+td.fallback{background:#ffe4e4;outline:2px solid #b00000;outline-offset:-2px}
+.fb{display:inline-block;margin-top:2px;padding:0 4px;background:#b00000;color:#fff;font-weight:bold}
 tr[hidden]{display:none}
 """
 
@@ -198,35 +209,20 @@ def _write_text_atomic(text: str, path: Path) -> None:
         raise
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- rows and order
+
+SORTS = ("auto", "disagreement", "score")
 
 
-def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike, *,
-         gt: str | os.PathLike | dict | None = None, names: list[str] | None = None,
-         max_items: int | None = None) -> Path:
-    """Write ``out_dir/index.html`` comparing the masks of ``preds`` (COCO JSON files of the same
-    boxes) side by side, with PNG overlays in ``out_dir/overlays/``. Returns the page's path.
+def _score(v: Any) -> float | None:
+    """A usable score, or None (missing, not a number, NaN): such masks sort after scored ones."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        return None
+    return float(v)
 
-    gt:        optional ground truth; adds a gt column and each file's IoU with it.
-    names:     column names (default: file stems).
-    max_items: show only the first ``max_items`` rows of the sort order; the page says how many
-               annotations were left out.
-    Raises EvalError if the files do not describe the same annotations, ImageError if an image
-    cannot be read.
-    """
-    from .compare import _names  # same column naming as the comparison table
 
-    preds = list(preds)
-    if not preds:
-        raise EvalError("show needs at least one prediction file")
-    if max_items is not None and max_items < 0:
-        raise ValueError(f"max_items must be >= 0, got {max_items}")
-    cols = _names(preds, names)
-    datas = [_load(p, "prediction") for p in preds]
-    pnames = ["<dict>" if isinstance(p, dict) else os.fspath(p) for p in preds]
-
-    # Every file must describe exactly the same annotations (the side-by-side would be meaningless).
-    anns = [{a["id"]: a for a in d["annotations"]} for d in datas]
+def _check_same(anns: list[dict], pnames: list[str]) -> None:
+    """Every file must describe exactly the same annotations (the side-by-side would be meaningless)."""
     for j in range(1, len(anns)):
         if set(anns[j]) != set(anns[0]):
             miss, extra = set(anns[0]) - set(anns[j]), set(anns[j]) - set(anns[0])
@@ -235,10 +231,166 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
         for aid, a in anns[0].items():
             if a.get("image_id") != anns[j][aid].get("image_id"):
                 raise EvalError(f"annotation {aid}: image_id differs between {pnames[0]} and {pnames[j]}")
+
+
+def _check_options(sort: str, least_sure: int | None, max_items: int | None, n_files: int) -> None:
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    if sort == "disagreement" and n_files < 2:
+        raise ValueError("sort 'disagreement' needs at least two prediction files")
+    for name, v in (("max_items", max_items), ("least_sure", least_sure)):
+        if v is not None and v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+
+
+def _select(rows: list[dict], n_files: int, sort: str, least_sure: int | None, max_items: int | None,
+            col0: str) -> tuple[list[int], str, list[str]]:
+    """Indices of the rows to show, in order; the sort used ("auto" resolved) and notes on what was
+    left out (HTML, ``col0`` already escaped). ``least_sure`` picks rows by score before ``sort``
+    orders them, so "the 50 least sure, most disagreeing first" works too."""
+    def by_score(i: int) -> tuple[bool, float]:
+        s = rows[i]["scores"][0]
+        return s is None, s or 0.0
+
+    order, notes = list(range(len(rows))), []
+    if least_sure is not None:
+        order = sorted(order, key=by_score)[:least_sure]
+        if len(order) < len(rows):
+            notes.append(f"least_sure={least_sure}: only the {len(order)} lowest-score masks of {col0} "
+                         f"are shown; {len(rows) - len(order)} more confident annotations left out")
+    if sort == "auto":
+        sort = "disagreement" if n_files >= 2 else "score"
+    if sort == "disagreement":
+        order.sort(key=lambda i: rows[i]["agree"])
+    else:
+        order.sort(key=by_score)
+    if max_items is not None and len(order) > max_items:
+        kind = "least-sure annotations" if least_sure is not None else "annotations"
+        notes.append(f"showing the first {max_items} of {len(order)} {kind} (max_items={max_items}); "
+                     f"{len(order) - max_items} left out")
+        order = order[:max_items]
+    return order, sort, notes
+
+
+# --------------------------------------------------------------------------- overlays on disk
+
+
+def _read(images_dir: Path, im: dict) -> tuple[np.ndarray, str | None]:
+    """An image's pixels as `mal label` reads them, and its EXIF warning if any; ImageError if unusable."""
+    item = read_sized_image(images_dir / im["file_name"], im["width"], im["height"])
+    if "error" in item:
+        raise ImageError(item["error"])
+    return item["pixels"], item.get("warning")
+
+
+def _write_overlays(rows: list[dict], order: list[int], images: dict, images_dir: Path,
+                    rles: list[dict], gt_anns: dict | None, ov_dir: Path) -> list[str]:
+    """PNG overlays of the rows in ``order``, reading each image once; sets each row's ``files``
+    (and ``gt_file``). Returns the images' EXIF warnings."""
+    by_image: dict = defaultdict(list)
+    for i in order:
+        by_image[rows[i]["image_id"]].append(i)
+    warnings = []
+    for iid, idxs in by_image.items():
+        img, warning = _read(images_dir, images[iid])
+        if warning:
+            warnings.append(warning)
+        for i in idxs:
+            r = rows[i]
+            stem = f"{i:05d}_{_safe(r['id'])}"
+            r["files"] = []
+            for j, masks in enumerate(rles):
+                fname = f"{stem}_p{j}.png"
+                cv2.imwrite(str(ov_dir / fname), _overlay(img, mask_utils.decode(masks[r["id"]]).astype(bool),
+                                                          r["bbox"]))
+                r["files"].append(fname)
+            if gt_anns is not None:
+                g = gt_anns[r["id"]]
+                gm = mask_utils.decode(_rle(g.get("segmentation"), img.shape[0], img.shape[1],
+                                            r["id"], "ground truth")).astype(bool)
+                r["gt_file"] = f"{stem}_gt.png"
+                cv2.imwrite(str(ov_dir / r["gt_file"]), _overlay(img, gm, r["bbox"]))
+    return warnings
+
+
+# --------------------------------------------------------------------------- page parts
+
+
+def _pred_cell(r: dict, j: int, col: str, gt_iou: list[dict] | None) -> str:
+    """One prediction's overlay with its score (and IoU with gt); a fallback mask is marked red."""
+    info = f"score {_num(r['scores'][j])}"
+    if gt_iou is not None:
+        iou = gt_iou[j].get(r["id"])
+        info += " &middot; IoU gt " + (_num(iou, 0.5) if iou is not None else "crowd")
+    fb = r["fallback"][j]
+    attrs = f' class="cell fallback" data-fallback="{_e(fb)}"' if fb else ' class="cell"'
+    badge = f'<br><span class="fb" title="mal_fallback">fallback: {_e(fb)}</span>' if fb else ""
+    return (f'<td{attrs}><img src="overlays/{r["files"][j]}" alt="{_e(col)} {_e(r["id"])}">'
+            f"{info}{badge}</td>")
+
+
+def _row_html(rank: int, r: dict, im: dict, cat: str, cols: list[str], gt_iou: list[dict] | None) -> str:
+    cells = [f'<td class="num">{rank}</td>',
+             f'<td>id {_e(r["id"])}<br><small>{_e(im.get("file_name", r["image_id"]))}</small></td>',
+             f"<td>{_e(cat)}</td>"]
+    if len(cols) >= 2:
+        cells.append(f"<td>{_num(r['agree'], 0.5)}</td>")
+    if gt_iou is not None:
+        cells.append(f'<td class="cell"><img src="overlays/{r["gt_file"]}" alt="gt {_e(r["id"])}"></td>')
+    cells += [_pred_cell(r, j, c, gt_iou) for j, c in enumerate(cols)]
+    return f'<tr data-ann="{_e(r["id"])}" data-cat="{_e(cat)}">{"".join(cells)}</tr>'
+
+
+def _notes(rows: list[dict], order: list[int], cols: list[str], exif: list[str]) -> list[str]:
+    """Page notes on fallback masks among the shown rows and on images read as stored (EXIF)."""
+    out = []
+    n_fb = [sum(bool(rows[i]["fallback"][j]) for i in order) for j in range(len(cols))]
+    if any(n_fb):
+        out.append('<p class="meta warn">fallback masks (flagged mal_fallback, marked red; the least '
+                   "trustworthy): " + ", ".join(f"{_e(c)} {n}" for c, n in zip(cols, n_fb)) + "</p>")
+    for w in exif[:5]:
+        out.append(f'<p class="meta warn">{_e(w)}</p>')
+    if len(exif) > 5:
+        out.append(f'<p class="meta warn">... and {len(exif) - 5} more images read as stored</p>')
+    return out
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike, *,
+         gt: str | os.PathLike | dict | None = None, names: list[str] | None = None,
+         max_items: int | None = None, sort: str = "auto", least_sure: int | None = None) -> Path:
+    """Write ``out_dir/index.html`` comparing the masks of ``preds`` (COCO JSON files of the same
+    boxes) side by side, with PNG overlays in ``out_dir/overlays/``. Returns the page's path.
+
+    gt:         optional ground truth; adds a gt column and each file's IoU with it.
+    names:      column names (default: file stems).
+    sort:       "disagreement" (lowest mask IoU between the first two files first), "score" (the
+                first file's lowest score first; unscored masks last) or "auto": disagreement with
+                two or more files, score with one.
+    least_sure: show only the first file's ``least_sure`` lowest-score masks (then ordered by
+                ``sort``); the page says how many annotations were left out.
+    max_items:  show only the first ``max_items`` rows of the sort order; the page says how many
+                annotations were left out.
+    Raises EvalError if the files do not describe the same annotations, ImageError (naming the
+    file) if an image cannot be read or its size disagrees with the COCO file, ValueError for bad
+    options (sorting or picking by score when the first file has no scores).
+    """
+    from .compare import _names  # same column naming as the comparison table
+
+    preds = list(preds)
+    if not preds:
+        raise EvalError("show needs at least one prediction file")
+    _check_options(sort, least_sure, max_items, len(preds))
+    cols = _names(preds, names)
+    datas = [_load(p, "prediction") for p in preds]
+    pnames = ["<dict>" if isinstance(p, dict) else os.fspath(p) for p in preds]
+    anns = [{a["id"]: a for a in d["annotations"]} for d in datas]
+    _check_same(anns, pnames)
     images = {im["id"]: im for im in datas[0]["images"]}
 
-    gt_data = gt_anns = None
-    gt_iou: list[dict] = []
+    gt_data = gt_anns = gt_iou = None
     if gt is not None:
         gt_data = _load(gt, "ground-truth")
         gt_anns = {a["id"]: a for a in gt_data["annotations"]}
@@ -250,7 +402,7 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
     cat_src = (gt_data or {}).get("categories") or datas[0].get("categories") or []
     cat_names = {c["id"]: str(c.get("name", c["id"])) for c in cat_src}
 
-    # Masks as RLE (cheap), agreement between the first two files, sort order.
+    # Masks as RLE (cheap), agreement between the first two files, scores and fallback flags.
     rles: list[dict] = [{} for _ in datas]
     rows = []
     for aid, a in anns[0].items():
@@ -260,49 +412,20 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
         h, w = int(im["height"]), int(im["width"])
         for j, d in enumerate(anns):
             rles[j][aid] = _rle(d[aid].get("segmentation"), h, w, aid, pnames[j])
-        scores = [d[aid].get("score") for d in anns]
         agree = _iou(rles[0][aid], rles[1][aid]) if len(anns) >= 2 else None
         rows.append({"id": aid, "image_id": a["image_id"], "category_id": a.get("category_id"),
-                     "bbox": a.get("bbox"), "scores": scores, "agree": agree})
-    order = list(range(len(rows)))
-    if len(anns) >= 2:
-        order.sort(key=lambda i: rows[i]["agree"])
-    else:
-        order.sort(key=lambda i: (rows[i]["scores"][0] is None, rows[i]["scores"][0] or 0.0))
-    total = len(order)
-    if max_items is not None:
-        order = order[:max_items]
-    left_out = total - len(order)
+                     "bbox": a.get("bbox"), "scores": [_score(d[aid].get("score")) for d in anns],
+                     "fallback": [d[aid].get("mal_fallback") for d in anns], "agree": agree})
+    if (sort == "score" or least_sure is not None) and rows and all(r["scores"][0] is None for r in rows):
+        raise ValueError(f"{pnames[0]} has no 'score' on its annotations: cannot sort by score or "
+                         "pick the least sure masks")
+    order, used, left_notes = _select(rows, len(anns), sort, least_sure, max_items, _e(cols[0]))
+    total = len(rows)
 
-    # Overlays, one image read per image.
     out_dir = Path(out_dir)
     ov_dir = out_dir / "overlays"
     ov_dir.mkdir(parents=True, exist_ok=True)
-    by_image: dict = defaultdict(list)
-    for i in order:
-        by_image[rows[i]["image_id"]].append(i)
-    images_dir = Path(images_dir)
-    for iid, idxs in by_image.items():
-        im = images[iid]
-        img = read_rgb(images_dir / im["file_name"])
-        if img.shape[:2] != (int(im["height"]), int(im["width"])):
-            raise EvalError(f"{images_dir / im['file_name']} is {img.shape[1]}x{img.shape[0]} but the "
-                            f"annotations say {im['width']}x{im['height']}")
-        for i in idxs:
-            r = rows[i]
-            stem = f"{i:05d}_{_safe(r['id'])}"
-            r["files"] = []
-            for j in range(len(anns)):
-                m = mask_utils.decode(rles[j][r["id"]]).astype(bool)
-                fname = f"{stem}_p{j}.png"
-                cv2.imwrite(str(ov_dir / fname), _overlay(img, m, r["bbox"]))
-                r["files"].append(fname)
-            if gt_anns is not None:
-                g = gt_anns[r["id"]]
-                gm = mask_utils.decode(_rle(g.get("segmentation"), img.shape[0], img.shape[1],
-                                            r["id"], "ground truth")).astype(bool)
-                r["gt_file"] = f"{stem}_gt.png"
-                cv2.imwrite(str(ov_dir / r["gt_file"]), _overlay(img, gm, r["bbox"]))
+    exif = _write_overlays(rows, order, images, Path(images_dir), rles, gt_anns, ov_dir)
 
     # The page.
     present = sorted({cat_names.get(rows[i]["category_id"], str(rows[i]["category_id"])) for i in order})
@@ -314,39 +437,20 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
     if gt_anns is not None:
         head.append("ground truth")
     head += [_e(c) for c in cols]
+    body = [_row_html(rank, rows[i], images[rows[i]["image_id"]],
+                      cat_names.get(rows[i]["category_id"], str(rows[i]["category_id"])), cols, gt_iou)
+            for rank, i in enumerate(order, 1)]
 
-    body = []
-    for rank, i in enumerate(order, 1):
-        r = rows[i]
-        cat = cat_names.get(r["category_id"], str(r["category_id"]))
-        im = images[r["image_id"]]
-        cells = [f'<td class="num">{rank}</td>',
-                 f'<td>id {_e(r["id"])}<br><small>{_e(im.get("file_name", r["image_id"]))}</small></td>',
-                 f"<td>{_e(cat)}</td>"]
-        if len(anns) >= 2:
-            cells.append(f"<td>{_num(r['agree'], 0.5)}</td>")
-        if gt_anns is not None:
-            cells.append(f'<td class="cell"><img src="overlays/{r["gt_file"]}" alt="gt {_e(r["id"])}"></td>')
-        for j, c in enumerate(cols):
-            info = f"score {_num(r['scores'][j])}"
-            if gt_anns is not None:
-                iou = gt_iou[j].get(r["id"])
-                info += " &middot; IoU gt " + (_num(iou, 0.5) if iou is not None else "crowd")
-            cells.append(f'<td class="cell"><img src="overlays/{r["files"][j]}" alt="{_e(c)} {_e(r["id"])}">'
-                         f"{info}</td>")
-        body.append(f'<tr data-ann="{_e(r["id"])}" data-cat="{_e(cat)}">{"".join(cells)}</tr>')
-
-    sort_desc = (f"lowest mask IoU between {_e(cols[0])} and {_e(cols[1])} first" if len(anns) >= 2
-                 else "lowest score first")
+    sort_desc = (f"lowest mask IoU between {_e(cols[0])} and {_e(cols[1])} first" if used == "disagreement"
+                 else f"lowest {_e(cols[0])} score first")
     meta = [f'<p class="meta">{total} annotations &middot; {len(cols)} prediction file(s): '
             + ", ".join(f"<b>{_e(c)}</b> ({_e(p)})" for c, p in zip(cols, pnames)) + "</p>",
             f'<p class="meta">sorted: {sort_desc}</p>']
     if gt_anns is not None:
         meta.append('<p class="meta">mean IoU with ground truth: ' + ", ".join(
             f"{_e(c)} {_num(m)}" for c, m in zip(cols, mean_iou)) + "</p>")
-    if left_out:
-        meta.append(f'<p class="meta warn">showing the first {len(order)} of {total} annotations '
-                    f"(max_items={max_items}); {left_out} left out</p>")
+    meta += [f'<p class="meta warn">{n}</p>' for n in left_notes]
+    meta += _notes(rows, order, cols, exif)
     page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -18,8 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
+from mal.cli import main
 from mal.compare import compare, format_comparison
+from mal.data.images import read_rgb
 from mal.demo import make_scenes
 from mal.evaluate import EvalError, evaluate
 from mal.masks import decode_rle, encode_rle
@@ -169,6 +172,141 @@ def test_show_single_file_sorts_by_score_and_reports_left_out(scenes, tmp_path):
     left = len(anns) - 3
     assert f"{left} left out" in page and f"first 3 of {len(anns)}" in page
     assert len(list((out / "overlays").glob("*.png"))) == 3
+
+
+def _scored(scenes, tmp_path, fallback_ids=()) -> tuple[Path, dict]:
+    """File A with scores in no particular id order (one annotation unscored), the given ids
+    replaced by a box fallback as `mal label` writes them (score 0, flagged mal_fallback)."""
+    d = json.loads(scenes["a"].read_text())
+    for a in d["annotations"]:
+        a["score"] = round(((a["id"] * 37) % 101) / 101, 4)  # distinct: 37 is coprime to 101
+        if a["id"] in fallback_ids:
+            a["score"], a["mal_fallback"] = 0.0, "box"
+    unscored = d["annotations"][len(d["annotations"]) // 2]
+    del unscored["score"]
+    path = tmp_path / "scored.json"
+    path.write_text(json.dumps(d))
+    ranked = sorted((a for a in d["annotations"] if "score" in a), key=lambda a: a["score"])
+    return path, {"by_score": [str(a["id"]) for a in ranked] + [str(unscored["id"])]}
+
+
+def test_show_sort_by_score_and_least_sure(scenes, tmp_path):
+    scored, want = _scored(scenes, tmp_path)
+    by_score = want["by_score"]
+    assert by_score != sorted(by_score, key=int)  # the score order is not the id order
+
+    # Two files, sort="score": the first file's lowest score first, the unscored mask last.
+    page = show(scenes["images"], [scored, scenes["b"]], tmp_path / "s", sort="score").read_text()
+    assert _rows(page) == by_score
+    assert "sorted: lowest scored score first" in page and "left out" not in page
+
+    # least_sure=4: exactly the 4 lowest-score masks, lowest first; the page says what was dropped.
+    n = len(by_score)
+    page = show(scenes["images"], [scored, scenes["b"]], tmp_path / "l", sort="score", least_sure=4).read_text()
+    assert _rows(page) == by_score[:4]
+    assert f"least_sure=4: only the 4 lowest-score masks of scored are shown; {n - 4} more confident" in page
+    assert len(list((tmp_path / "l" / "overlays").glob("*.png"))) == 2 * 4
+
+    # With the default (auto = disagreement for two files) the same 4 are ordered by A<->B IoU.
+    page = show(scenes["images"], [scored, scenes["b"]], tmp_path / "d", least_sure=4).read_text()
+    pa = {str(p["id"]): decode_rle(p["segmentation"]) for p in json.loads(scored.read_text())["annotations"]}
+    pb = {str(p["id"]): decode_rle(p["segmentation"]) for p in json.loads(scenes["b"].read_text())["annotations"]}
+    agree = {k: (pa[k] & pb[k]).sum() / max((pa[k] | pb[k]).sum(), 1) for k in by_score[:4]}
+    assert _rows(page) == sorted(by_score[:4], key=lambda k: agree[k])  # stable: ties keep score order
+
+    # least_sure then max_items: both rules reported.
+    page = show(scenes["images"], [scored], tmp_path / "m", least_sure=5, max_items=2).read_text()
+    assert _rows(page) == by_score[:2]
+    assert f"{n - 5} more confident annotations left out" in page
+    assert "first 2 of 5 least-sure annotations (max_items=2); 3 left out" in page
+
+
+def test_show_options_are_checked(scenes, tmp_path):
+    with pytest.raises(ValueError, match="two prediction files"):
+        show(scenes["images"], [scenes["a"]], tmp_path, sort="disagreement")
+    with pytest.raises(ValueError, match="sort must be one of"):
+        show(scenes["images"], [scenes["a"]], tmp_path, sort="iou")
+    with pytest.raises(ValueError, match="least_sure must be >= 0"):
+        show(scenes["images"], [scenes["a"]], tmp_path, least_sure=-1)
+    unscored = json.loads(scenes["a"].read_text())
+    for a in unscored["annotations"]:
+        del a["score"]
+    with pytest.raises(ValueError, match="no 'score'"):
+        show(scenes["images"], [unscored], tmp_path, least_sure=3)
+
+
+def test_show_marks_fallback_masks(scenes, tmp_path):
+    ids = [a["id"] for a in scenes["gt"]["annotations"]]
+    fb = {ids[1], ids[-2]}
+    scored, want = _scored(scenes, tmp_path, fallback_ids=fb)
+    page = show(scenes["images"], [scored, scenes["b"]], tmp_path / "v", sort="score").read_text()
+    assert set(_rows(page)[:2]) == {str(i) for i in fb}  # score 0: the least sure come first
+    cells = dict(re.findall(r'<tr data-ann="([^"]*)"[^>]*>(.*?)</tr>', page))
+    for aid, row in cells.items():
+        # Only the first file's cell of a fallback row is marked; every prediction cell shows its score.
+        marked = re.findall(r'<td class="cell fallback" data-fallback="box">'
+                            r'<img src="overlays/[^"]*_p(\d)\.png"', row)
+        assert marked == (["0"] if int(aid) in fb else []), aid
+        assert ("fallback: box" in row) == (int(aid) in fb)
+        assert len(re.findall(r"score (<span|&ndash;)", row)) == 2  # the unscored mask shows a dash
+    assert "fallback masks (flagged mal_fallback" in page and "scored 2, eroded_b 0" in page
+
+
+def _exif_scene(root: Path) -> tuple[Path, Path, np.ndarray]:
+    """A 120x80 JPEG (stored) tagged EXIF orientation 6, whose COCO entry gives the stored size as an
+    annotation tool ignoring the tag would: top half red, bottom half blue; one box in the blue."""
+    images = root / "images"
+    images.mkdir()
+    stored = np.zeros((80, 120, 3), np.uint8)
+    stored[:40] = (255, 0, 0)
+    stored[40:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise: 80 wide, 120 high
+    Image.fromarray(stored).save(images / "rot.jpg", quality=95, exif=exif)
+    mask = np.zeros((80, 120), bool)
+    mask[50:65, 15:35] = True
+    coco = {"images": [{"id": 1, "file_name": "rot.jpg", "width": 120, "height": 80}],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [10, 45, 30, 25],
+                             "segmentation": encode_rle(mask), "score": 0.9, "iscrowd": 0}]}
+    pred = root / "pred.json"
+    pred.write_text(json.dumps(coco))
+    return images, pred, stored
+
+
+def test_show_exif_stored_size_uses_stored_pixels(tmp_path, capsys):
+    images, pred, _ = _exif_scene(tmp_path)
+    assert read_rgb(images / "rot.jpg").shape == (120, 80, 3)  # the tag is real: upright is 80x120
+    out = tmp_path / "view"
+    assert main(["show", "--images", str(images), "--pred", str(pred), "--out", str(out)]) == 0
+    page = (out / "index.html").read_text()
+    assert _rows(page) == ["7"]
+    assert "rot.jpg: its EXIF orientation turns it to 80x120, but the COCO file says 120x80" in page
+    (src,) = re.findall(r'<img src="([^"]+)"', page)
+    ov = cv2.imread(str(out / src))  # BGR
+    # Crop = box x 1.3 around its centre in stored pixels: x 5..45, y 41..74 (40 x 33), long side 256.
+    assert ov.shape[1] == 256 and ov.shape[0] == round(33 * 256 / 40)
+    s = 256 / 40
+    corner = ov[int(2 * s), int(2 * s)].astype(int)  # stored (7, 43): blue, outside mask and box
+    inside = ov[int((57 - 41) * s), int((25 - 5) * s)].astype(int)  # mask centre: blue tinted magenta
+    assert np.abs(corner - (255, 0, 0)).max() < 25, corner
+    assert np.abs(inside - (255, 0, 127)).max() < 25, inside
+
+
+def test_show_unreadable_image_is_one_line_naming_it(tmp_path, capsys):
+    images, pred, _ = _exif_scene(tmp_path)
+    (images / "rot.jpg").write_bytes(b"not a jpeg")
+    assert main(["show", "--images", str(images), "--pred", str(pred), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mal show: error: ") and "rot.jpg" in err and "\n" not in err
+
+
+def test_show_cli_sort_score_least_sure(scenes, tmp_path):
+    scored, want = _scored(scenes, tmp_path)
+    out = tmp_path / "cli"
+    assert main(["show", "--images", str(scenes["images"]), "--pred", str(scored), "--pred", str(scenes["b"]),
+                 "--sort", "score", "--least-sure", "3", "--out", str(out)]) == 0
+    assert _rows((out / "index.html").read_text()) == want["by_score"][:3]
 
 
 # --------------------------------------------------------------------------- real browser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -232,15 +233,25 @@ class ImageReader(Dataset):
 def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> dict:
     """``{"image": entry, "records": records, "pixels": HxWx3 uint8}``, or ``"error"`` (a message naming
     the file) instead of pixels when the image cannot be read or its size disagrees with the COCO file,
-    so a labeling loop can report or skip it rather than crash in a worker.
+    so a labeling loop can report or skip it rather than crash in a worker. The pixels, EXIF handling
+    and ``"warning"`` are :func:`read_sized_image`'s, with ``data.strict``."""
+    item = {"image": entry, "records": records}
+    item.update(read_sized_image(data.image_path(entry["file_name"]), int(entry["width"]),
+                                 int(entry["height"]), strict=data.strict))
+    return item
+
+
+def read_sized_image(path: str | os.PathLike, width: int, height: int, *, strict: bool = False) -> dict:
+    """``{"pixels": HxWx3 uint8}`` of the image at ``path`` whose COCO size is ``width`` x ``height``,
+    or ``{"error": message naming the file}`` when it cannot be read or its size disagrees.
 
     EXIF orientation is applied (COCO sizes and boxes normally refer to the upright image, as viewers
     show it). Some annotation tools ignore the tag, though, and record the stored size: when only the
-    stored pixels match the COCO size, they are used and the item carries a ``"warning"`` (an
-    ``"error"`` if ``data.strict``), since those are the pixels the boxes were drawn on."""
-    item = {"image": entry, "records": records}
-    path = data.image_path(entry["file_name"])
-    W, H = int(entry["width"]), int(entry["height"])
+    stored pixels match the COCO size, they are used and the result carries a ``"warning"`` (an
+    ``"error"`` if ``strict``), since those are the pixels the boxes were drawn on. Needs no
+    :class:`BoxDataset`, so viewers (mal.show) read images exactly as labeling does."""
+    W, H = int(width), int(height)
+    item: dict = {}
     try:
         pixels = read_rgb(path)
         if pixels.shape[:2] == (W, H) != (H, W):
@@ -248,19 +259,16 @@ def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> 
             if stored.shape[:2] == (H, W):
                 msg = (f"{path}: its EXIF orientation turns it to {H}x{W}, but the COCO file says {W}x{H}, "
                        "its size as stored (the annotation tool ignored the orientation)")
-                if data.strict:
-                    item["error"] = msg + "; not using the stored pixels because of --strict"
-                    return item
+                if strict:
+                    return {"error": msg + "; not using the stored pixels because of --strict"}
                 item["warning"] = msg + "; using the stored pixels, on which the boxes were drawn"
                 log.warning(item["warning"])
                 pixels = stored
     except ValueError as e:  # ImageError names the file
-        item["error"] = str(e)
-        return item
+        return {"error": str(e)}
     if pixels.shape[:2] != (H, W):
-        item["error"] = (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
-                         f"says {W}x{H}")
-        return item
+        return {"error": (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
+                          f"says {W}x{H}")}
     item["pixels"] = pixels
     return item
 
