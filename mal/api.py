@@ -16,18 +16,15 @@ from .data.coco import load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
 from .evaluate import evaluate, format_report  # noqa: F401  (re-exported)
 from .label import label, merge  # noqa: F401  (re-exported)
-from .modeling.labeler import LabelerConfig, default_labeler_config, sam_weight_files, save_labeler
+from .modeling.labeler import LabelerConfig, sam_weight_files, save_labeler
+from .config import recipe
 from .runtime import quiet_lightning, resolve_precision
-from .train import (MALModule, ReplicaSyncCheck, TrainConfig, build_trainer, default_train_config, fit_resumable,
+from .train import (MALModule, ReplicaSyncCheck, Schedule, TrainConfig, build_trainer, fit_resumable,
                     module_kwargs)
 
 log = logging.getLogger("mal")
 
 BOXES_PER_IMAGE = 8  # view "image": boxes drawn from each training image per step
-# Per decoder: the K.V decoder learns shapes from scratch (long runs, boxes big enough to show one);
-# SAM's decoder only adapts (two passes over the boxes gain most of what longer runs do, BENCHMARKS.md),
-# and it also learns from smaller boxes.
-RUN_DEFAULTS = {"kv": {"epochs": 10, "min_area": 2048.0}, "sam": {"epochs": 2, "min_area": 1024.0}}
 
 
 def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
@@ -67,8 +64,8 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
           resume: bool = False, strict: bool = False, progress: bool = True) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
-    ``labeler`` / ``train_config`` default to the decoder's defaults (:func:`default_labeler_config`,
-    :func:`default_train_config`), for the sam decoder when SAM's files are in shared/weights.
+    ``labeler`` / ``train_config`` default to the decoder's recipe (:mod:`mal.recipes`), for the sam
+    decoder when SAM's files are in shared/weights.
 
     The run directory gets Lightning checkpoints (``checkpoints/last.ckpt``, used by ``resume``),
     and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
@@ -76,15 +73,16 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     process, each process sees its own share of the boxes, and only rank 0 writes files.
     ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
     ``epochs`` and ``min_area`` (boxes smaller than this are not trained on, but all are labeled)
-    default to the decoder's :data:`RUN_DEFAULTS`.
+    default to the decoder's recipe.
     """
     out = Path(out)
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
-    labeler = labeler or default_labeler_config(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
-                                                                decoder_weights))
-    cfg = train_config or default_train_config(labeler.decoder)
-    epochs = RUN_DEFAULTS[labeler.decoder]["epochs"] if epochs is None else epochs
-    min_area = RUN_DEFAULTS[labeler.decoder]["min_area"] if min_area is None else min_area
+    labeler = labeler or recipe(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
+                                                decoder_weights)).labeler
+    defaults = recipe(labeler.decoder)
+    cfg = train_config or defaults.train
+    epochs = defaults.epochs if epochs is None else epochs
+    min_area = defaults.min_area if min_area is None else min_area
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
     if labeler.view == "image":  # batch_size counts boxes: images of up to BOXES_PER_IMAGE boxes each
@@ -115,6 +113,9 @@ def train(images: str | Path, annotations: str | Path | dict, out: str | Path, *
     unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
              len(data.records), min_area, steps, world, loader.batch_size, unit)
+    sch = Schedule.of(cfg)
+    log.info("schedule: warm-up %d steps, MIL ramp %d, CRF ramp %d, teacher EMA momentum %.4f",
+             sch.warmup, sch.mil_ramp, sch.crf_ramp, sch.ema_momentum)
 
     if labeler.decoder == "sam":
         weights, neck_weights, decoder_weights = sam_weight_files(weights, neck_weights, decoder_weights)

@@ -8,22 +8,18 @@ from pathlib import Path
 
 
 def _train(a) -> None:
-    from dataclasses import replace
-
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from .api import resolve_decoder, train
-    from .modeling.labeler import default_labeler_config
-    from .train import default_train_config
+    from .config import recipe, with_overrides
     decoder = resolve_decoder(a.decoder, a.backbone, a.neck_weights, a.decoder_weights)
-    given = lambda names: {n: getattr(a, n) for n in names if getattr(a, n) is not None}  # noqa: E731
-    labeler = replace(default_labeler_config(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs,
-                      **given(["crop_size", "decoder_dim", "label_expand", "view"]))
-    cfg = replace(default_train_config(decoder), **given(TRAIN_FLAGS))
-    run = train(a.images, a.annotations, a.out, labeler=labeler, train_config=cfg,
+    r = with_overrides(recipe(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs or None,
+                       **{n: tuple(v) if isinstance(v, list) else v for n in RECIPE_FLAGS
+                          for v in [getattr(a, n)]})
+    run = train(a.images, a.annotations, a.out, labeler=r.labeler, train_config=r.train,
                 weights=a.weights, strict_weights=not a.allow_missing_keys,
-                neck_weights=a.neck_weights, decoder_weights=a.decoder_weights, epochs=a.epochs,
-                max_steps=a.max_steps, batch_size=a.batch_size, min_area=a.min_area,
+                neck_weights=a.neck_weights, decoder_weights=a.decoder_weights, epochs=r.epochs,
+                max_steps=a.max_steps, batch_size=a.batch_size, min_area=r.min_area,
                 max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
                 devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
                 seed=a.seed, resume=a.resume, strict=a.strict)
@@ -31,9 +27,25 @@ def _train(a) -> None:
         print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
 
 
-# TrainConfig fields settable from `mal train` (unset: the decoder's default, see default_train_config)
-TRAIN_FLAGS = ["lr", "encoder_lr_scale", "freeze_encoder", "warmup_steps", "ema_momentum", "mil_weight",
-               "mil_ramp_steps", "crf_weight", "crf_ramp_steps", "anchor_weight", "iou_weight"]
+# `mal train` flags that override the decoder's recipe (mal.config.RECIPES): unset = the recipe's.
+LABELER_FLAGS = ["crop_size", "decoder_dim", "label_expand", "view"]
+RECIPE_FLAGS: list[str] = []  # filled by _add_recipe_flags: the above, every TrainConfig field, epochs, min_area
+
+
+def _add_recipe_flags(t: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (its type from the dataclass; help: each recipe's value)."""
+    from dataclasses import fields
+
+    from .config import RECIPES, TrainConfig
+    RECIPE_FLAGS[:] = LABELER_FLAGS + ["epochs", "min_area"]
+    for f in fields(TrainConfig):
+        if f.name == "total_steps":  # set from the run's length
+            continue
+        default = getattr(TrainConfig(), f.name)
+        per = ", ".join(f"{d} {getattr(r.train, f.name)}" for d, r in RECIPES.items())
+        kind = dict(nargs=len(default), type=float) if isinstance(default, tuple) else dict(type=type(default))
+        t.add_argument("--" + f.name.replace("_", "-"), **kind, help=f"TrainConfig.{f.name} (default: {per})")
+        RECIPE_FLAGS.append(f.name)
 
 
 def _devices(v: str) -> int | str:
@@ -104,7 +116,8 @@ def _compare(a) -> None:
 
 def _show(a) -> None:
     from .show import show
-    page = show(a.images, a.pred, a.out, gt=a.gt, names=a.names, max_items=a.max_items)
+    page = show(a.images, a.pred, a.out, gt=a.gt, names=a.names, max_items=a.max_items, sort=a.sort,
+                least_sure=a.least_sure)
     print(f"open {page}")
 
 
@@ -153,12 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-expand", type=float,
                    help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
     t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
-    for name in TRAIN_FLAGS:
-        t.add_argument("--" + name.replace("_", "-"), type=float if name not in
-                       ("warmup_steps", "mil_ramp_steps", "crf_ramp_steps") else int,
-                       help="default: the decoder's (see mal.train.default_train_config)")
-    t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 boxes each (view image); default: the "
-                        "decoder's, mal.api.RUN_DEFAULTS")
+    _add_recipe_flags(t)
+    t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 "
+                   "boxes each (view image); default: the decoder's recipe (mal.config.RECIPES)")
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "
@@ -240,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--gt", type=Path, help="ground-truth masks (adds IoU and a gt column)")
     sh.add_argument("--names", nargs="+")
     sh.add_argument("--max-items", type=int, help="show only the first N rows (the page says how many were left out)")
+    sh.add_argument("--sort", choices=["auto", "disagreement", "score"], default="auto",
+                    help="row order: lowest IoU between the first two files, or the first file's lowest "
+                         "score first (auto: disagreement with 2+ files, score with one)")
+    sh.add_argument("--least-sure", type=int, metavar="N",
+                    help="show only the first file's N lowest-score masks (the page says how many were left out)")
     sh.add_argument("--out", required=True, type=Path, help="output folder (index.html + overlays/)")
     sh.set_defaults(func=_show)
 

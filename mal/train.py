@@ -4,55 +4,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
+from .config import LabelerConfig, Schedule, TrainConfig, lr_lambda  # noqa: F401  (lr_lambda: re-exported)
 from .losses import crf_loss, dice_loss, mil_loss
-from .modeling.labeler import LabelerConfig, MaskLabeler, build_labeler
+from .modeling.labeler import MaskLabeler, build_labeler
 
 log = logging.getLogger("mal")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and loss settings (defaults follow the MAL paper unless noted)."""
-    lr: float = 1e-4
-    encoder_lr_scale: float = 0.1       # pretrained encoder moves slower than the new decoder
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.9)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.2           # cosine decays to 0.2x the peak learning rate
-    ema_momentum: float = 0.996
-    mil_weight: float = 4.0
-    mil_ramp_steps: int = 1000
-    crf_weight: float = 0.5
-    crf_ramp_steps: int = 4000
-    crf_zeta: float = 0.1
-    crf_iters: int = 100
-    crf_kernel: int = 3
-    crf_clamp: tuple[float, float] = (0.1, 0.9)
-    freeze_encoder: float = 0.0         # fraction of encoder parameters (input side first) kept frozen
-    anchor_weight: float = 0.0          # Dice to the frozen starting model's masks (WeSAM's anchor)
-    iou_weight: float = 0.0             # MSE of the decoder's IoU head to the mask's IoU with the CRF target
-    total_steps: int = 1000             # set by api.train from epochs x batches
-
-
-def default_train_config(decoder: str) -> TrainConfig:
-    """The defaults for a decoder. K.V: the paper's (a random decoder needs loss ramps). sam: the
-    decoder starts from SAM's weights, so no ramps; the image side stays frozen (student, teacher and
-    anchor then share one embedding per view and no backward pass runs through the encoder; tuning it
-    too, ``freeze_encoder < 1``, is not measured yet), a gentler learning rate, a faster EMA (the
-    teacher is the exported labeler), the anchor to the zero-shot start and the IoU head trained (its
-    output is the mask's score)."""
-    if decoder == "sam":
-        return TrainConfig(lr=5e-5, warmup_steps=20, mil_ramp_steps=1, crf_ramp_steps=1, ema_momentum=0.99,
-                           freeze_encoder=1.0, anchor_weight=1.0, iou_weight=1.0)
-    return TrainConfig()
 
 
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
@@ -106,14 +69,6 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
 class MALModule(L.LightningModule):
     """Student trained by gradient; teacher = EMA of the student, used for the CRF target and
     exported as the final labeler."""
@@ -124,6 +79,7 @@ class MALModule(L.LightningModule):
         self.save_hyperparameters()
         self.labeler_config = LabelerConfig(**labeler)
         self.cfg = TrainConfig(**train)
+        self.schedule = Schedule.of(self.cfg)
         self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights,
                                                   neck_weights=neck_weights, decoder_weights=decoder_weights)
         freeze_leading(self.student.encoder, self.cfg.freeze_encoder)
@@ -139,9 +95,6 @@ class MALModule(L.LightningModule):
         # The starting model, frozen: an anchor that keeps a pretrained decoder from drifting (e.g.
         # towards the filled box, which satisfies the MIL loss). Not saved when unused.
         self.anchor = copy.deepcopy(self.student).requires_grad_(False) if self.cfg.anchor_weight > 0 else None
-
-    def ramp(self, steps: int) -> float:
-        return min(1.0, (self.global_step + 1) / max(1, steps))
 
     def frozen_image_side(self) -> bool:
         """True when no encoder/neck weight trains: student, teacher and anchor then share one
@@ -198,8 +151,8 @@ class MALModule(L.LightningModule):
         crf, target = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
                                kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
         crf = crf.mean()
-        w_mil = c.mil_weight * self.ramp(c.mil_ramp_steps)
-        w_crf = c.crf_weight * self.ramp(c.crf_ramp_steps)
+        w_mil = c.mil_weight * self.schedule.mil_factor(self.global_step)
+        w_crf = c.crf_weight * self.schedule.crf_factor(self.global_step)
         loss = w_mil * mil + w_crf * crf
         logs = {"mil": mil, "crf": crf}
         if self.anchor is not None:
@@ -222,7 +175,7 @@ class MALModule(L.LightningModule):
         # The EMA follows each optimizer step here rather than in on_train_batch_end, which Lightning
         # runs after the checkpoint callback: checkpoints would hold a teacher one update behind its
         # student, and every --resume would lose an update.
-        ema_update(self.teacher, self.student, self.cfg.ema_momentum)
+        ema_update(self.teacher, self.student, self.schedule.ema_momentum)
 
     def configure_optimizers(self):
         c = self.cfg
@@ -233,8 +186,7 @@ class MALModule(L.LightningModule):
         if enc:
             groups.append({"params": enc, "lr": c.lr * c.encoder_lr_scale})
         opt = torch.optim.AdamW(groups, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_lambda(s, c.warmup_steps, c.total_steps, c.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: self.schedule.lr_factor(s, c.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -10,12 +10,13 @@ Both return logits at stride 4 of the crop (SAM: 4x its stride-16 embedding grid
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import DECODERS, LabelerConfig  # noqa: F401  (LabelerConfig: re-exported)
 from .decoder import MaskDecoder
 from .encoder import Encoder, build_encoder
 from .neck import SamNeck, load_neck_weights
@@ -24,31 +25,6 @@ from .sam_decoder import SamBoxDecoder, load_sam_decoder_weights
 OUTPUT_STRIDE = 4
 
 
-@dataclass
-class LabelerConfig:
-    """Everything needed to rebuild a labeler (saved as config.json next to its weights)."""
-    backbone: str = "tiny_vit_5m_sam"
-    crop_size: int = 256
-    decoder: str = "kv"                 # "kv" (MAL's K.V decoder) or "sam" (SAM's, box-prompted)
-    decoder_dim: int = 128              # kv only
-    decoder_convs: int = 4              # kv only
-    label_expand: float = 1.3           # labeling crop = this x the box per axis (around its centre)
-    # "crop": one crop of crop_size per box (MAL). "image" (sam only): the whole image in a square
-    # frame of crop_size (SAM's 1024), encoded once, every box of it decoded on that one embedding.
-    view: str = "crop"
-    timm_kwargs: dict = field(default_factory=dict)  # extra timm constructor args (tiny test models)
-
-
-DECODERS = ("kv", "sam")
-
-
-def default_labeler_config(decoder: str) -> LabelerConfig:
-    """The defaults for a decoder. sam: the whole image (SAM's 1024 frame) beat per-box crops in
-    zero-shot measurements on coco2017_mini (BENCHMARKS.md); with ``view="crop"`` it needs context
-    (2.0x the box beat 1.3x), hence ``label_expand``."""
-    if decoder == "sam":
-        return LabelerConfig(decoder="sam", crop_size=1024, view="image", label_expand=2.0)
-    return LabelerConfig(decoder=decoder)
 
 
 class MaskLabeler(nn.Module):
