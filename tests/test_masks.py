@@ -3,7 +3,8 @@ import json
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mal.label import annotation_out, mask_from_prob
+from mal.label import annotation_out
+from mal.predictor import mask_from_prob
 from mal.masks import decode_rle, encode_rle, write_json_atomic
 
 

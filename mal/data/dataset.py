@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from torchvision.transforms import v2 as T
 
 from .coco import BoxDataset, BoxRecord
 from .crops import box_in_crop, box_mask, crop_and_resize, expand_box, random_ratios, xywh_to_xyxy
-from .images import ImageError, read_rgb
+from .images import ImageError, read_sized_image
 
 log = logging.getLogger("mal")
 
@@ -107,21 +106,27 @@ class ImageCrops(Dataset):
         item = read_image_item(self.data, entry, records)
         if "error" in item:
             return item
-        image = item.pop("pixels")
-        boxes = [xywh_to_xyxy(r.bbox) for r in records]
-        if self.view == "image":
-            frames = np.array([image_frame(image.shape[0], image.shape[1])])
-            index = np.zeros(len(boxes), dtype=np.int64)
-        else:
-            frames = np.stack([expand_box(b, (self.expand,) * 4) for b in boxes])
-            index = np.arange(len(boxes))
-        crops = np.stack([crop_and_resize(image, w, self.size) for w in frames])
-        item["crops"] = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
-        item["crop_index"] = torch.from_numpy(index)
-        item["windows"] = frames[index]
-        item["boxes"] = torch.from_numpy(np.stack([box_in_crop(b, w, self.size)
-                                                   for b, w in zip(boxes, item["windows"])])).float()
+        boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
+        item.update(labeling_crops(item.pop("pixels"), boxes, self.size, self.expand, self.view))
         return item
+
+
+def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand: float, view: str) -> dict:
+    """What a labeler decodes the boxes (N, 4) of an HxWx3 uint8 image on (see :class:`ImageCrops`):
+    ``crops`` (M, 3, S, S) uint8, ``crop_index`` (N,), ``windows`` (N, 4) int64 image pixels,
+    ``boxes`` (N, 4) float32 crop pixels. Used by ``mal label`` and by :class:`mal.predictor.MaskPredictor`."""
+    if view == "image":
+        frames = np.array([image_frame(image.shape[0], image.shape[1])])
+        index = np.zeros(len(boxes_xyxy), dtype=np.int64)
+    else:
+        frames = np.stack([expand_box(b, (expand,) * 4) for b in boxes_xyxy])
+        index = np.arange(len(boxes_xyxy))
+    crops = np.stack([crop_and_resize(image, w, size) for w in frames])
+    windows = frames[index]
+    return {"crops": torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
+            "crop_index": torch.from_numpy(index), "windows": windows,
+            "boxes": torch.from_numpy(np.stack([box_in_crop(b, w, size)
+                                                for b, w in zip(boxes_xyxy, windows)])).float()}
 
 
 def image_frame(height: int, width: int) -> np.ndarray:
@@ -238,38 +243,6 @@ def read_image_item(data: BoxDataset, entry: dict, records: list[BoxRecord]) -> 
     item = {"image": entry, "records": records}
     item.update(read_sized_image(data.image_path(entry["file_name"]), int(entry["width"]),
                                  int(entry["height"]), strict=data.strict))
-    return item
-
-
-def read_sized_image(path: str | os.PathLike, width: int, height: int, *, strict: bool = False) -> dict:
-    """``{"pixels": HxWx3 uint8}`` of the image at ``path`` whose COCO size is ``width`` x ``height``,
-    or ``{"error": message naming the file}`` when it cannot be read or its size disagrees.
-
-    EXIF orientation is applied (COCO sizes and boxes normally refer to the upright image, as viewers
-    show it). Some annotation tools ignore the tag, though, and record the stored size: when only the
-    stored pixels match the COCO size, they are used and the result carries a ``"warning"`` (an
-    ``"error"`` if ``strict``), since those are the pixels the boxes were drawn on. Needs no
-    :class:`BoxDataset`, so viewers (mal.show) read images exactly as labeling does."""
-    W, H = int(width), int(height)
-    item: dict = {}
-    try:
-        pixels = read_rgb(path)
-        if pixels.shape[:2] == (W, H) != (H, W):
-            stored = read_rgb(path, orient=False)
-            if stored.shape[:2] == (H, W):
-                msg = (f"{path}: its EXIF orientation turns it to {H}x{W}, but the COCO file says {W}x{H}, "
-                       "its size as stored (the annotation tool ignored the orientation)")
-                if strict:
-                    return {"error": msg + "; not using the stored pixels because of --strict"}
-                item["warning"] = msg + "; using the stored pixels, on which the boxes were drawn"
-                log.warning(item["warning"])
-                pixels = stored
-    except ValueError as e:  # ImageError names the file
-        return {"error": str(e)}
-    if pixels.shape[:2] != (H, W):
-        return {"error": (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
-                          f"says {W}x{H}")}
-    item["pixels"] = pixels
     return item
 
 

@@ -9,11 +9,14 @@ were drawn in), so all of that is normalised here, once.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger("mal")
 
 __all__ = ["ImageError", "read_rgb"]
 
@@ -92,3 +95,56 @@ def read_rgb(path: str | os.PathLike, *, orient: bool = True) -> np.ndarray:
     except Exception as exc:  # PIL raises OSError, SyntaxError, struct.error, ... on bad data
         reason = str(exc) or type(exc).__name__
         raise ImageError(f"{path}: cannot decode image (truncated or corrupt?): {reason}") from exc
+
+
+def read_sized_image(path: str | os.PathLike, width: int, height: int, *, strict: bool = False) -> dict:
+    """``{"pixels": HxWx3 uint8}`` of the image at ``path`` whose COCO size is ``width`` x ``height``,
+    or ``{"error": message naming the file}`` when it cannot be read or its size disagrees.
+
+    EXIF orientation is applied (COCO sizes and boxes normally refer to the upright image, as viewers
+    show it). Some annotation tools ignore the tag, though, and record the stored size: when only the
+    stored pixels match the COCO size, they are used and the result carries a ``"warning"`` (an
+    ``"error"`` if ``strict``), since those are the pixels the boxes were drawn on. Needs no
+    :class:`BoxDataset`, so viewers (mal.show) read images exactly as labeling does."""
+    W, H = int(width), int(height)
+    item: dict = {}
+    try:
+        pixels = read_rgb(path)
+        if pixels.shape[:2] == (W, H) != (H, W):
+            stored = read_rgb(path, orient=False)
+            if stored.shape[:2] == (H, W):
+                msg = (f"{path}: its EXIF orientation turns it to {H}x{W}, but the COCO file says {W}x{H}, "
+                       "its size as stored (the annotation tool ignored the orientation)")
+                if strict:
+                    return {"error": msg + "; not using the stored pixels because of --strict"}
+                item["warning"] = msg + "; using the stored pixels, on which the boxes were drawn"
+                log.warning(item["warning"])
+                pixels = stored
+    except ValueError as e:  # ImageError names the file
+        return {"error": str(e)}
+    if pixels.shape[:2] != (H, W):
+        return {"error": (f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the COCO file "
+                          f"says {W}x{H}")}
+    item["pixels"] = pixels
+    return item
+
+
+def as_rgb(image) -> np.ndarray:
+    """An in-memory image (numpy HxW / HxWx1 / HxWx3 / HxWx4 of uint8 or uint16, a PIL image) or a path
+    -> HxWx3 uint8 RGB, converted the way files are (:func:`read_rgb`: gray replicated, alpha dropped,
+    16 bit scaled)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_rgb(image)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or a.dtype not in (np.uint8, np.uint16):
+        raise ImageError(f"expected an HxW, HxWx3 or HxWx4 uint8/uint16 image, got shape {a.shape} "
+                         f"and dtype {a.dtype}")
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)  # as 16-bit files are read: the top 8 bits
+    return _to_rgb(Image.fromarray(np.ascontiguousarray(a)))

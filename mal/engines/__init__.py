@@ -3,9 +3,10 @@
 - ``box``: the filled box (the floor every method must beat).
 - ``grabcut``: OpenCV GrabCut initialised with the box.
 - ``sam``: zero-shot box-prompted Segment-Anything from two ONNX files (encoder, decoder).
+- ``mal``: a trained labeler, ``build_engine("mal", model="runs/mal")`` (``mal label`` runs it batched).
 
-The trained MAL labeler (``mal label``) is not built here. Any engine labels a COCO file with
-:func:`label_with_engine`.
+Any engine labels a COCO file with :func:`label_with_engine`, or one image in memory through
+:class:`mal.predictor.MaskPredictor`.
 """
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from .base import Engine, label_with_engine
 
 __all__ = ["Engine", "ENGINE_NAMES", "build_engine", "label_with_engine"]
 
-ENGINE_NAMES = ("sam", "grabcut", "box")
+ENGINE_NAMES = ("sam", "grabcut", "box", "mal")
 
 
 def build_engine(name: str, **kwargs) -> Engine:
-    """Build the engine called ``name`` ("sam", "grabcut" or "box"); ``kwargs`` go to its constructor
-    (e.g. ``encoder_path=``, ``decoder_path=`` for "sam", ``iterations=`` for "grabcut")."""
+    """Build the engine called ``name`` ("sam", "grabcut", "box" or "mal"); ``kwargs`` go to its
+    constructor (e.g. ``encoder_path=``, ``decoder_path=`` for "sam", ``iterations=`` for "grabcut",
+    ``model=`` a run directory and optionally ``device=``, ``precision=`` for "mal")."""
     key = str(name).strip().lower()
     if key == "box":
         from .box import BoxEngine
@@ -29,5 +31,9 @@ def build_engine(name: str, **kwargs) -> Engine:
     if key == "sam":
         from .sam import SamEngine  # imports onnxruntime only when asked for
         return SamEngine(**kwargs)
-    raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINE_NAMES)} "
-                     f"(the trained MAL labeler is run by 'mal label', not through build_engine)")
+    if key == "mal":
+        if "model" not in kwargs:
+            raise ValueError("build_engine('mal') needs model= (a `mal train` run directory or .ckpt)")
+        from .mal import MalEngine
+        return MalEngine(**kwargs)
+    raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINE_NAMES)}")

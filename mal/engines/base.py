@@ -3,7 +3,8 @@
 An engine turns one image and its boxes into one mask (and a score) per box. Reading and validating
 the COCO file, reading images in worker processes, the progress bar, chunked output, shards and
 resume are the same for every engine and for the MAL model (:func:`mal.label.label_in_chunks`);
-:class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks.
+:class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks
+(:func:`mal.predictor.engine_masks`, which :class:`mal.predictor.MaskPredictor` uses too).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..data.coco import BoxDataset, BoxRecord, load_boxes
-from ..data.crops import box_mask, xywh_to_xyxy
+from ..data.crops import xywh_to_xyxy
 from ..data.dataset import ImageReader
 from ..label import LabelSummary, annotation_out, check_strict, label_in_chunks
+from ..predictor import engine_masks
 
 log = logging.getLogger("mal")
 
@@ -36,19 +38,6 @@ class Engine(Protocol):
         ...
 
 
-def _check_output(engine: Engine, masks, scores, n: int, H: int, W: int, file_name: str):
-    name = getattr(engine, "name", type(engine).__name__)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(masks) != n or len(scores) != n:
-        raise RuntimeError(f"engine {name!r} returned {len(masks)} masks and {len(scores)} scores "
-                           f"for {n} boxes of {file_name}")
-    for m in masks:
-        if np.shape(m) != (H, W):
-            raise RuntimeError(f"engine {name!r} returned a mask of shape {np.shape(m)} for "
-                               f"{file_name}, expected {(H, W)}")
-    return masks, scores
-
-
 class EngineLabeler:
     """An :class:`Engine` as a :class:`mal.label.ImageLabeler`: one ``predict`` call per image; every
     mask clipped to its box, an empty one replaced by the filled box (score 0, flagged)."""
@@ -63,20 +52,11 @@ class EngineLabeler:
         return ImageReader(groups, self.data)
 
     def add(self, item: dict) -> list[dict]:
-        entry, records = item["image"], item["records"]
-        H, W = int(entry["height"]), int(entry["width"])
+        records = item["records"]
         boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-        masks, scores = self.engine.predict(item["pixels"], boxes)
-        masks, scores = _check_output(self.engine, masks, scores, len(records), H, W, entry["file_name"])
-        out = []
-        for r, box, m, s in zip(records, boxes, masks, scores):
-            inside = box_mask(box, H, W) > 0
-            mask = np.asarray(m, dtype=bool) & inside
-            fallback = None
-            if not mask.any():
-                mask, s, fallback = inside, 0.0, "box"
-            out.append(annotation_out(self.anns_by_id[r.ann_id], mask, float(s), fallback))
-        return out
+        results = engine_masks(self.engine, item["pixels"], boxes, item["image"]["file_name"])
+        return [annotation_out(self.anns_by_id[r.ann_id], mask, score, fb)
+                for r, (mask, score, fb) in zip(records, results)]
 
     def flush(self) -> list[dict]:
         return []  # every image is finished by add()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 

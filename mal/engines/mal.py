@@ -1,0 +1,28 @@
+"""The trained MAL labeler as an :class:`~mal.engines.base.Engine` (``build_engine("mal", model=RUN)``),
+for code written against the engine interface; its masks are :class:`mal.predictor.MaskPredictor`'s.
+``mal label`` labels with the model directly (:class:`mal.label.ModelLabeler`), batching boxes of
+several images per forward pass, which is faster and gives the same masks."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..predictor import MaskPredictor
+
+
+class MalEngine:
+    name = "mal"
+
+    def __init__(self, model, **kwargs):
+        """model: a `mal train` run directory or .ckpt, or a MaskLabeler; ``kwargs``: MaskPredictor's
+        (device, precision, batch_size, threshold, expand)."""
+        from ..modeling.labeler import MaskLabeler, load_labeler
+        from ..label import weights_sha256
+        model = model if isinstance(model, MaskLabeler) else load_labeler(model)
+        self.predictor = MaskPredictor(model, **kwargs)
+        self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),
+                         "threshold": self.predictor.threshold, "expand": self.predictor.expand}
+
+    def predict(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        self.predictor.set_image(image)
+        masks, scores = self.predictor.predict(boxes_xyxy)
+        return list(masks), scores

@@ -1,0 +1,190 @@
+"""Masks for the boxes of one image, in memory, as ``mal label`` makes them (in the style of
+segment-anything's ``SamPredictor``)::
+
+    from mal.predictor import MaskPredictor
+    predictor = MaskPredictor.from_run("runs/mal")     # a `mal train` run; or MaskPredictor(build_engine("sam"))
+    predictor.set_image(rgb)                           # HxWx3 uint8 (gray, RGBA, 16 bit, PIL or a path also work)
+    masks, scores = predictor.predict(boxes_xyxy)      # (N, H, W) bool, (N,) in [0, 1]
+
+One box's way through the trained labeler: :func:`mal.data.dataset.labeling_crops` (crop or whole-image
+frame, box in crop pixels) -> :func:`decode_probs` (encoder + decoder, in batches) -> :func:`to_mask`
+(paste back inside the box, threshold, fallback). ``mal label`` (:class:`mal.label.ModelLabeler`) runs
+the same three over a COCO file, batching the boxes of several images; engines go through
+:func:`engine_masks` there and here. An empty mask is never returned: see :func:`to_mask` and
+:func:`engine_masks`; ``predictor.fallbacks`` says which boxes got one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data.crops import box_mask, paste_mask
+from .data.dataset import labeling_crops
+from .data.images import as_rgb
+from .modeling.labeler import MaskLabeler, load_labeler
+from .runtime import autocast, resolve_device, resolve_precision
+
+Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)
+
+
+def mask_from_prob(prob: np.ndarray, box_xyxy, threshold: float = 0.5) -> Result:
+    """Binarise a full-image probability map (already zero outside the box).
+
+    Returns (mask, score, fallback). score = mean probability over the mask ("maskness"): high when
+    the model is sure of every pixel it calls object. An empty mask is never returned: first the
+    threshold is lowered to half the peak probability in the box, then the filled box is used; both
+    are flagged by ``fallback`` and scored by the (low) peak probability.
+    """
+    mask = prob > threshold
+    if mask.any():
+        return mask, float(prob[mask].mean()), None
+    peak = float(prob.max())
+    if peak > 0:
+        return prob >= 0.5 * peak, peak, "relative_threshold"
+    H, W = prob.shape
+    return box_mask(box_xyxy, H, W) > 0, 0.0, "box"
+
+
+def embed_crops(model: MaskLabeler, crops: torch.Tensor, device: torch.device, precision: str,
+                batch_size: int) -> torch.Tensor:
+    """Image-side features of crops (M, 3, S, S) uint8, ``batch_size`` crops at a time (view "image":
+    one at a time, they are few but large)."""
+    per = 1 if model.config.view == "image" else batch_size
+    with torch.inference_mode(), autocast(device, precision):
+        return torch.cat([model.embed(c.to(device)) for c in crops.split(per)])
+
+
+def decode_probs(model: MaskLabeler, items: list[dict], device: torch.device, precision: str,
+                 batch_size: int, feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Foreground probabilities (N, S/4, S/4) over each box's crop window, and SAM's IoU estimate (N,)
+    (None for the K.V decoder), for the boxes of ``items`` (:func:`labeling_crops` dicts, in order).
+    ``feats``: the crops' features when already computed (:meth:`MaskPredictor.set_image`)."""
+    crops = torch.cat([it["crops"] for it in items])
+    offsets = np.cumsum([0] + [len(it["crops"]) for it in items])
+    index = torch.cat([it["crop_index"] + int(o) for it, o in zip(items, offsets)])
+    boxes = torch.cat([it["boxes"] for it in items])
+    if feats is None:
+        feats = embed_crops(model, crops, device, precision, batch_size)
+    probs, ious = [], []
+    with torch.inference_mode(), autocast(device, precision):
+        for b, k in zip(boxes.split(batch_size), index.split(batch_size)):
+            logits, iou = model.decode(feats, b.to(device), crops.shape[-1], k.to(device))
+            probs.append(torch.sigmoid(logits.float()).cpu())
+            ious.append(None if iou is None else iou.float().cpu())
+    return torch.cat(probs).numpy(), None if ious[0] is None else torch.cat(ious).numpy()
+
+
+def to_mask(prob: np.ndarray, window, box_xyxy, height: int, width: int, threshold: float,
+            iou: float | None) -> Result:
+    """One box's crop-window probabilities -> its full-image mask (never outside the box, never empty),
+    score and fallback. The score is SAM's IoU head when the decoder has one, else the maskness."""
+    mask, score, fallback = mask_from_prob(paste_mask(prob, window, height, width, box_xyxy), box_xyxy,
+                                           threshold)
+    if iou is not None and fallback is None:  # the IoU head: the model's own estimate of the mask's quality
+        score = float(np.clip(iou, 0.0, 1.0))
+    return mask, score, fallback
+
+
+def engine_masks(engine, image: np.ndarray, boxes_xyxy: np.ndarray, where: str = "the image") -> list[Result]:
+    """An engine's masks for the boxes of one image, each clipped to its box (the box is ground truth);
+    one empty after clipping becomes the filled box, scored 0 and flagged "box". ``where`` names the
+    image in errors about the engine's output."""
+    H, W = image.shape[:2]
+    masks, scores = engine.predict(image, boxes_xyxy)
+    name = getattr(engine, "name", type(engine).__name__)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(masks) != len(boxes_xyxy) or len(scores) != len(boxes_xyxy):
+        raise RuntimeError(f"engine {name!r} returned {len(masks)} masks and {len(scores)} scores "
+                           f"for {len(boxes_xyxy)} boxes of {where}")
+    out = []
+    for box, m, s in zip(boxes_xyxy, masks, scores):
+        if np.shape(m) != (H, W):
+            raise RuntimeError(f"engine {name!r} returned a mask of shape {np.shape(m)} for {where}, "
+                               f"expected {(H, W)}")
+        inside = box_mask(box, H, W) > 0
+        mask = np.asarray(m, dtype=bool) & inside
+        out.append((mask, float(s), None) if mask.any() else (inside, 0.0, "box"))
+    return out
+
+
+def check_boxes(boxes_xyxy, height: int, width: int) -> np.ndarray:
+    """(N, 4) x0, y0, x1, y1 pixel-edge boxes, clipped to the image as ``mal label`` clips them; a box
+    that is not finite, has no size, or is under 1 px once clipped is a ValueError naming it."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64)
+    if b.size == 0:
+        return b.reshape(0, 4)
+    if b.ndim == 1:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (N, 4) x0, y0, x1, y1; got shape {np.shape(boxes_xyxy)}")
+    c = np.stack([b[:, 0].clip(0, width), b[:, 1].clip(0, height), b[:, 2].clip(0, width),
+                  b[:, 3].clip(0, height)], 1)
+    for i, (raw, box) in enumerate(zip(b, c)):
+        if not np.isfinite(raw).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1:
+            raise ValueError(f"box {i} {raw.tolist()} has no size, is not finite, or is under 1 px inside "
+                             f"the {width}x{height} image")
+    return c
+
+
+class MaskPredictor:
+    """Load a labeler (a trained :class:`MaskLabeler`) or an engine once; then, per image,
+    :meth:`set_image` and :meth:`predict` any number of box sets.
+
+    With the trained labeler's view "image" the image is encoded once in :meth:`set_image` and every
+    :meth:`predict` decodes on that embedding (as SAM's predictor does). ``device``, ``precision``,
+    ``batch_size``, ``threshold`` and ``expand`` (default: the model's ``label_expand``) mean what they
+    mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit.
+    """
+
+    def __init__(self, model, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,
+                 threshold: float = 0.5, expand: float | None = None):
+        self.engine = None if isinstance(model, MaskLabeler) else model
+        self.model = model if isinstance(model, MaskLabeler) else None
+        self.batch_size, self.threshold = batch_size, threshold
+        if self.model is not None:
+            self.device = resolve_device(device)
+            self.precision = resolve_precision(precision, self.device)
+            self.model = self.model.to(self.device).eval()
+            self.expand = self.model.config.label_expand if expand is None else expand
+        self.image: np.ndarray | None = None
+        self.fallbacks: list[str | None] = []  # per box of the last predict(): None, "relative_threshold", "box"
+        self._feats = None
+
+    @classmethod
+    def from_run(cls, run, **kwargs) -> "MaskPredictor":
+        """A predictor for a `mal train` run directory or .ckpt (``kwargs``: see the class)."""
+        return cls(load_labeler(run), **kwargs)
+
+    def set_image(self, image) -> None:
+        """The image the next :meth:`predict` calls label (see :func:`mal.data.images.as_rgb`)."""
+        self.image = as_rgb(image)
+        self._feats = None
+        if self.model is not None and self.model.config.view == "image":
+            H, W = self.image.shape[:2]  # every box shares the image's frame: encode it once
+            frame = labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
+                                   self.expand, "image")["crops"]
+            self._feats = embed_crops(self.model, frame, self.device, self.precision, self.batch_size)
+
+    def predict(self, boxes_xyxy) -> tuple[np.ndarray, np.ndarray]:
+        """boxes (N, 4) x0, y0, x1, y1 in image pixels -> masks (N, H, W) bool, scores (N,) in [0, 1].
+        A box whose mask came from a fallback scores low and is named in ``self.fallbacks``."""
+        if self.image is None:
+            raise RuntimeError("call set_image() before predict()")
+        H, W = self.image.shape[:2]
+        boxes = check_boxes(boxes_xyxy, H, W)
+        if len(boxes) == 0:
+            self.fallbacks = []
+            return np.zeros((0, H, W), dtype=bool), np.zeros(0)
+        results = self._results(boxes)
+        self.fallbacks = [fb for _, _, fb in results]
+        return np.stack([m for m, _, _ in results]), np.array([s for _, s, _ in results])
+
+    def _results(self, boxes: np.ndarray) -> list[Result]:
+        if self.engine is not None:
+            return engine_masks(self.engine, self.image, boxes)
+        cfg = self.model.config
+        H, W = self.image.shape[:2]
+        item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view)
+        probs, ious = decode_probs(self.model, [item], self.device, self.precision, self.batch_size, self._feats)
+        return [to_mask(p, win, box, H, W, self.threshold, None if ious is None else ious[j])
+                for j, (p, win, box) in enumerate(zip(probs, item["windows"], boxes))]

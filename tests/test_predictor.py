@@ -1,0 +1,115 @@
+"""MaskPredictor (set_image / predict in memory) gives the masks `mal label` writes, for each decoder
+and view, and through build_engine("mal"); engines go through it too."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_KV, TINY_SAM_IMAGE
+from mal.data.crops import box_mask, xywh_to_xyxy
+from mal.data.images import ImageError, read_rgb
+from mal.engines import build_engine, label_with_engine
+from mal.label import label
+from mal.masks import decode_rle
+from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
+from mal.predictor import MaskPredictor
+
+
+@pytest.fixture(scope="module", params=["kv_crop", "sam_image"])
+def run(request, tmp_path_factory):
+    """A saved labeler with random weights (a `mal train` run directory as far as loading goes)."""
+    torch.manual_seed(0)
+    cfg = LabelerConfig(**(TINY_KV if request.param == "kv_crop" else TINY_SAM_IMAGE))
+    out = tmp_path_factory.mktemp(request.param)
+    save_labeler(build_labeler(cfg).eval(), out)
+    return out
+
+
+def _by_image(coco: dict) -> dict:
+    out = {}
+    for a in coco["annotations"]:
+        out.setdefault(a["image_id"], []).append(a)
+    return out
+
+
+def test_predictor_equals_mal_label(scenes, run, tmp_path):
+    images, _, boxes = scenes
+    label(run, images, boxes, tmp_path / "label.json", batch_size=4, num_workers=0, progress=False, precision="32")
+    written = {a["id"]: a for a in json.loads((tmp_path / "label.json").read_text())["annotations"]}
+    coco = json.loads(boxes.read_text())
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    predictor = MaskPredictor.from_run(run, precision="32", batch_size=3)  # another batching than mal label's
+    n = 0
+    for image_id, anns in _by_image(coco).items():
+        predictor.set_image(read_rgb(images / files[image_id]))
+        masks, scores = predictor.predict(np.stack([xywh_to_xyxy(a["bbox"]) for a in anns]))
+        assert masks.dtype == bool and masks.shape[1:] == predictor.image.shape[:2]
+        for a, m, s, fb in zip(anns, masks, scores, predictor.fallbacks):
+            w = written[a["id"]]
+            assert np.array_equal(m, decode_rle(w["segmentation"])), a["id"]
+            assert round(float(s), 4) == w["score"] and fb == w.get("mal_fallback")
+            n += 1
+    assert n == len(written) > 10
+
+
+def test_mal_engine_labels_like_mal_label(scenes, run, tmp_path):
+    images, _, boxes = scenes
+    label(run, images, boxes, tmp_path / "label.json", num_workers=0, progress=False, precision="32")
+    label_with_engine(build_engine("mal", model=run, precision="32"), images, boxes, tmp_path / "engine.json",
+                      num_workers=0, progress=False)
+    a, b = (json.loads((tmp_path / f).read_text())["annotations"] for f in ("label.json", "engine.json"))
+    assert [x["segmentation"] for x in a] == [x["segmentation"] for x in b]
+
+
+def test_predict_again_and_subsets_reuse_the_image(scenes, run):
+    images, _, boxes = scenes
+    coco = json.loads(boxes.read_text())
+    first = coco["images"][0]
+    anns = _by_image(coco)[first["id"]]
+    xyxy = np.stack([xywh_to_xyxy(a["bbox"]) for a in anns])
+    predictor = MaskPredictor.from_run(run, precision="32")
+    rgb = read_rgb(images / first["file_name"])
+    predictor.set_image(rgb)
+    masks, scores = predictor.predict(xyxy)
+    again, _ = predictor.predict(xyxy[1:2])
+    assert np.array_equal(again[0], masks[1])
+    # The same pixels as gray+alpha or 4 channels: decoded as files are (alpha dropped).
+    predictor.set_image(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))
+    assert np.array_equal(predictor.predict(xyxy)[0], masks)
+
+
+def test_bad_calls_are_clear(run):
+    predictor = MaskPredictor.from_run(run)
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict([[0, 0, 5, 5]])
+    with pytest.raises(ImageError, match="shape"):
+        predictor.set_image(np.zeros((8, 8, 2), np.uint8))
+    predictor.set_image(np.zeros((20, 30, 3), np.uint8))
+    with pytest.raises(ValueError, match="box 1"):
+        predictor.predict([[0, 0, 5, 5], [3, 3, 3, 9]])  # zero width
+    with pytest.raises(ValueError, match="box 0"):
+        predictor.predict([[40, 0, 50, 5]])  # outside the 30 px wide image
+    masks, scores = predictor.predict(np.zeros((0, 4)))
+    assert masks.shape == (0, 20, 30) and scores.shape == (0,)
+    masks, _ = predictor.predict([[-5, 2, 10, 8]])  # partly outside: clipped, as mal label clips it
+    assert not masks[0][:, 10:].any() and not masks[0][:2].any()
+
+
+def test_engine_predictor_clips_and_falls_back():
+    img = np.zeros((20, 30, 3), np.uint8)
+    predictor = MaskPredictor(build_engine("box"))
+    predictor.set_image(img)
+    masks, scores = predictor.predict([[2, 3, 12, 9]])
+    assert np.array_equal(masks[0], box_mask([2, 3, 12, 9], 20, 30) > 0) and scores[0] == 1.0
+
+    class Empty:  # an engine that finds nothing: the filled box, score 0, flagged
+        name = "empty"
+
+        def predict(self, image, boxes):
+            return [np.zeros(image.shape[:2], bool) for _ in boxes], np.ones(len(boxes))
+
+    predictor = MaskPredictor(Empty())
+    predictor.set_image(img)
+    masks, scores = predictor.predict([[2, 3, 12, 9]])
+    assert masks[0].sum() == 60 and scores[0] == 0.0 and predictor.fallbacks == ["box"]
