@@ -15,140 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 from collections import defaultdict
-from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from .coco_masks import EvalError, check_same_boxes, index_by_id, load_coco, mask_area, mask_iou, to_rle
 
 __all__ = ["EvalError", "auroc", "evaluate", "format_report", "spearman", "to_rle"]
 
-BBOX_TOL = 1e-3  # px; boxes are copied through unchanged, so anything larger is a different box
+# The names mal/export.py still imports from here; they are mal.coco_masks.load_coco / index_by_id.
+_load, _index = load_coco, index_by_id
+
 SMALL_MAX = 32 * 32  # COCO size rule: area < 32^2 is small
 MEDIUM_MAX = 96 * 96  # area < 96^2 is medium, otherwise large
 SIZES = ("small", "medium", "large")
 LOW_IOU = 0.5  # score_quality: an instance below this IoU is "bad"
-
-
-class EvalError(ValueError):
-    """The inputs cannot be compared (unreadable file or mismatched boxes)."""
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _load(src: str | os.PathLike | dict, role: str) -> tuple[dict, str]:
-    """Return (dataset dict, human-readable name) and check the top-level keys."""
-    if isinstance(src, dict):
-        data, name = src, f"<{role} dict>"
-    else:
-        name = os.fspath(src)
-        try:
-            with open(name, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise EvalError(f"cannot read {role} file {name}: {e}") from e
-    if not isinstance(data, dict):
-        raise EvalError(f"{role} file {name} is not a COCO JSON object")
-    for key in ("images", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise EvalError(f"{role} file {name} has no '{key}' list")
-    return data, name
-
-
-def _index(items: list, what: str, name: str) -> dict:
-    """id -> item, refusing duplicates (they would make matching ambiguous)."""
-    out: dict = {}
-    for it in items:
-        if not isinstance(it, dict) or "id" not in it:
-            raise EvalError(f"{name}: a {what} entry has no 'id'")
-        if it["id"] in out:
-            raise EvalError(f"{name}: duplicate {what} id {it['id']}")
-        out[it["id"]] = it
-    return out
-
-
-# --------------------------------------------------------------------------- consistency
-
-
-def _check_same_boxes(gt_anns: dict, pr_anns: dict, gt_imgs: dict, pr_imgs: dict,
-                      gt_name: str, pr_name: str) -> None:
-    """Raise EvalError unless both files describe exactly the same boxes."""
-    missing = sorted(set(gt_anns) - set(pr_anns), key=str)
-    extra = sorted(set(pr_anns) - set(gt_anns), key=str)
-    if missing or extra:
-        raise EvalError(
-            f"annotation ids differ between {gt_name} and {pr_name}: "
-            f"{len(missing)} missing from predictions (e.g. {missing[:5]}), "
-            f"{len(extra)} extra in predictions (e.g. {extra[:5]})")
-
-    for iid, pimg in pr_imgs.items():
-        gimg = gt_imgs.get(iid)
-        if gimg is not None and (gimg.get("width"), gimg.get("height")) != (
-                pimg.get("width"), pimg.get("height")):
-            raise EvalError(
-                f"image {iid} has size {gimg.get('width')}x{gimg.get('height')} in {gt_name} "
-                f"but {pimg.get('width')}x{pimg.get('height')} in {pr_name}")
-
-    for aid, g in gt_anns.items():
-        p = pr_anns[aid]
-        if g.get("image_id") != p.get("image_id"):
-            raise EvalError(f"annotation {aid}: image_id {g.get('image_id')} in {gt_name} "
-                            f"but {p.get('image_id')} in {pr_name}")
-        if g.get("image_id") not in gt_imgs:
-            raise EvalError(f"annotation {aid}: image_id {g.get('image_id')} not in {gt_name} images")
-        gb, pb = g.get("bbox"), p.get("bbox")
-        if gb is None and pb is None:
-            continue
-        if gb is None or pb is None or len(gb) != len(pb) or any(
-                abs(float(a) - float(b)) > BBOX_TOL for a, b in zip(gb, pb)):
-            raise EvalError(f"annotation {aid}: bbox {gb} in {gt_name} differs from "
-                            f"{pb} in {pr_name} (tolerance {BBOX_TOL} px)")
-    for aid, p in pr_anns.items():
-        if "segmentation" not in p or p["segmentation"] is None:
-            raise EvalError(f"annotation {aid} in {pr_name} has no 'segmentation'")
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def to_rle(seg: Any, h: int, w: int, aid: Any, name: str) -> dict:
-    """Any COCO segmentation -> one compressed RLE at (h, w)."""
-    try:
-        if isinstance(seg, list):  # polygons
-            # frPyObjects treats a 4-number list as a bbox, and <3 points is no area anyway.
-            polys = [p for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6]
-            if not polys:
-                return mask_utils.encode(np.zeros((h, w), dtype=np.uint8, order="F"))
-            return mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-        if isinstance(seg, dict) and "counts" in seg:
-            size = [int(s) for s in seg.get("size", ())]
-            if size != [h, w]:
-                raise EvalError(f"annotation {aid} in {name}: RLE size {size} != image size [{h}, {w}]")
-            if isinstance(seg["counts"], list):  # uncompressed RLE
-                return mask_utils.frPyObjects(seg, h, w)
-            counts = seg["counts"]
-            return {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
-    except EvalError:
-        raise
-    except Exception as e:  # pycocotools raises assorted types on garbage input
-        raise EvalError(f"annotation {aid} in {name}: cannot decode segmentation: {e}") from e
-    raise EvalError(f"annotation {aid} in {name}: unsupported segmentation type {type(seg).__name__}")
-
-
-def _area(rle: dict) -> int:
-    return int(mask_utils.area(rle))
-
-
-def _iou(p: dict, g: dict, p_area: int, g_area: int) -> float:
-    """|P∩G| / |P∪G|; two empty masks agree perfectly (1.0)."""
-    if p_area == 0 and g_area == 0:
-        return 1.0
-    if p_area == 0 or g_area == 0:
-        return 0.0
-    return float(mask_utils.iou([p], [g], [0])[0, 0])
 
 
 def _size_of(area: int) -> str:
@@ -244,7 +125,7 @@ def _coco_ap(gt: dict, gt_anns: dict, pr_anns: dict, rles: dict, gt_rles: dict) 
         a = dict(a)  # never mutate the caller's dict
         a.setdefault("iscrowd", 0)
         if "area" not in a:  # COCOeval buckets by this field
-            a["area"] = float(_area(gt_rles[aid]))
+            a["area"] = float(mask_area(gt_rles[aid]))
         anns.append(a)
     cats = gt.get("categories") or [{"id": c} for c in sorted({a["category_id"] for a in anns})]
     coco_gt = COCO()
@@ -281,13 +162,18 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
     Crowd ground truth (``iscrowd`` = 1) is not scored in the mIoU figures.
     Raises EvalError if the inputs are unreadable or describe different boxes.
     """
-    gt_d, gt_name = _load(gt, "ground-truth")
-    pr_d, pr_name = _load(pred, "prediction")
-    gt_imgs = _index(gt_d["images"], "image", gt_name)
-    pr_imgs = _index(pr_d["images"], "image", pr_name)
-    gt_anns = _index(gt_d["annotations"], "annotation", gt_name)
-    pr_anns = _index(pr_d["annotations"], "annotation", pr_name)
-    _check_same_boxes(gt_anns, pr_anns, gt_imgs, pr_imgs, gt_name, pr_name)
+    gt_d, gt_name = load_coco(gt, "ground-truth")
+    pr_d, pr_name = load_coco(pred, "prediction")
+    gt_imgs = index_by_id(gt_d["images"], "image", gt_name)
+    index_by_id(pr_d["images"], "image", pr_name)  # refuses duplicate image ids
+    gt_anns = index_by_id(gt_d["annotations"], "annotation", gt_name)
+    pr_anns = index_by_id(pr_d["annotations"], "annotation", pr_name)
+    check_same_boxes(gt_d, pr_d, other_name=pr_name, ref_name=gt_name)
+    for aid, g in gt_anns.items():
+        if g.get("image_id") not in gt_imgs:
+            raise EvalError(f"annotation {aid}: image_id {g.get('image_id')} not in {gt_name} images")
+        if pr_anns[aid].get("segmentation") is None:
+            raise EvalError(f"annotation {aid} in {pr_name} has no 'segmentation'")
 
     cat_names: dict = {c["id"]: str(c.get("name", c["id"])) for c in gt_d.get("categories") or []}
 
@@ -301,9 +187,9 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
         pr = pr_rles[aid] = to_rle(pr_anns[aid]["segmentation"], h, w, aid, pr_name)
         if g.get("iscrowd", 0):
             continue  # crowd regions are not single instances; only AP (which ignores them) sees them
-        g_area = _area(gr)
+        g_area = mask_area(gr)
         rows.append({"id": aid, "image_id": g["image_id"], "category_id": g["category_id"],
-                     "iou": _iou(pr, gr, _area(pr), g_area), "gt_area": g_area,
+                     "iou": mask_iou(pr, gr, mask_area(pr), g_area), "gt_area": g_area,
                      "size": _size_of(g_area)})
 
     miou_inst, miou_cls = _summarise(rows)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from mal.coco_masks import check_same_boxes
 from mal.evaluate import EvalError, auroc, evaluate, format_report, spearman
 
 H, W = 40, 50
@@ -175,6 +176,36 @@ def test_missing_prediction_segmentation_raises(gt):
     del pred["annotations"][1]["segmentation"]
     with pytest.raises(EvalError, match=r"annotation 2 .*no 'segmentation'"):
         evaluate(gt, pred)
+
+
+def test_same_boxes_check_lists_every_difference_once(gt):
+    """The check evaluate, show and phase 2 share: every kind of difference, counted, in one message."""
+    check_same_boxes(gt, copy.deepcopy(gt))
+    pred = copy.deepcopy(gt)
+    pred["images"][1]["width"] = 64
+    pred["annotations"][0]["id"] = 99
+    pred["annotations"][1]["category_id"] = 1  # not compared by default (evaluate scores any category)
+    pred["annotations"][2]["bbox"][0] += 1
+    with pytest.raises(EvalError) as e:
+        check_same_boxes(gt, pred, other_name="p.json", ref_name="g.json")
+    assert str(e.value) == (
+        "p.json does not have the same boxes as g.json: 1 images are missing or differ (width/height) (e.g. "
+        "image ids [2]; image 2 has size 50x40 in g.json but 64x40 in p.json), 1 missing (e.g. [1]), 1 extra "
+        "(e.g. [99]), 1 with a different box/image (e.g. [3]; annotation 3: bbox [5.0, 5.0, 10.0, 20.0] in "
+        "g.json but [6.0, 5.0, 10.0, 20.0] in p.json (tolerance 0.001 px))")
+    # On some images only (they must be in both files), categories compared too, crowd regions aside.
+    pred = copy.deepcopy(gt)
+    pred["annotations"][1]["category_id"] = 1
+    pred["annotations"][2]["iscrowd"] = 1
+    del pred["images"][1]
+    kw = dict(fields=("image_id", "category_id", "bbox"), skip_crowd=True, subset="training", hint="relabel")
+    with pytest.raises(EvalError, match=r"on the training images: 1 with a different box/category/image "
+                                        r"\(e\.g\. \[2\]; annotation 2: category_id 2 in .* but 1 in .*; relabel$"):
+        check_same_boxes(gt, pred, {1}, **kw)
+    # Annotation 3 is a crowd region in pred only: left out there, so missing from it.
+    with pytest.raises(EvalError, match=r"1 training images are missing .*image 2 is not in p\), "
+                                        r"1 missing \(e\.g\. \[3\]\); relabel$"):
+        check_same_boxes(gt, pred, {2}, "p", **kw)
 
 
 def test_files_are_loaded_and_bad_files_named(gt, tmp_path):

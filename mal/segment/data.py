@@ -9,6 +9,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from ..coco_masks import check_same_boxes as same_boxes
 from ..data.coco import BoxDataset, CocoError, load_boxes
 from ..data.dataset import read_image_item
 from ..evaluate import EvalError, to_rle
@@ -130,25 +131,8 @@ def check_disjoint(coco: dict, train_ids: set[int], eval_ids: set[int]) -> None:
 
 def check_same_boxes(gt: dict, pseudo: dict, image_ids: set[int], pseudo_name: str) -> None:
     """Refuse auto-labels that do not describe exactly the human file's boxes on ``image_ids``
-    (same annotation ids, images, categories and boxes), so the two models differ only in masks."""
-    def on(c):
-        return {a["id"]: a for a in c["annotations"] if a.get("image_id") in image_ids and not a.get("iscrowd")}
-    g_img = {im["id"]: im for im in gt["images"] if im["id"] in image_ids}
-    p_img = {im.get("id"): im for im in pseudo.get("images", [])}
-    other = sorted(i for i, im in g_img.items() if i not in p_img or any(
-        p_img[i].get(k) != im.get(k) for k in ("file_name", "width", "height")))
-    if other:
-        raise ValueError(f"{pseudo_name}: {len(other)} training images are missing or differ (file name or "
-                         f"size) from the human masks' file (e.g. image ids {other[:5]})")
-    g, p = on(gt), on(pseudo)
-    missing, extra = sorted(set(g) - set(p)), sorted(set(p) - set(g))
-    changed = [aid for aid in sorted(set(g) & set(p))
-               if g[aid].get("category_id") != p[aid].get("category_id")
-               or g[aid].get("image_id") != p[aid].get("image_id")
-               or any(abs(float(a) - float(b)) > 1e-3 for a, b in zip(g[aid]["bbox"], p[aid]["bbox"]))]
-    if missing or extra or changed:
-        raise ValueError(
-            f"{pseudo_name} does not have the same boxes as the human masks on the training images: "
-            f"{len(missing)} missing (e.g. {missing[:5]}), {len(extra)} extra (e.g. {extra[:5]}), "
-            f"{len(changed)} with a different box/category/image (e.g. {changed[:5]}); label the same "
-            "COCO file with `mal label`")
+    (same images, annotation ids, categories and boxes; crowd regions aside), so the two models
+    differ only in masks. EvalError (a ValueError) listing the differences."""
+    same_boxes(gt, pseudo, image_ids, pseudo_name, ref_name="the human masks", skip_crowd=True,
+               fields=("image_id", "category_id", "bbox"), image_fields=("file_name", "width", "height"),
+               subset="training", hint="label the same COCO file with `mal label`")
