@@ -121,6 +121,12 @@ def _show(a) -> None:
     print(f"open {page}")
 
 
+def _export(a) -> None:
+    from .export import export
+    print(export(a.pred, a.out, formats=a.format or ["coco-polygons"], images=a.images, png=a.png,
+                 warn_iou=a.warn_iou, overwrite=a.overwrite))
+
+
 def _demo(a) -> None:
     from .demo import run_demo
     run_demo(a.out, epochs=a.epochs)
@@ -257,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show only the first file's N lowest-score masks (the page says how many were left out)")
     sh.add_argument("--out", required=True, type=Path, help="output folder (index.html + overlays/)")
     sh.set_defaults(func=_show)
+
+    ex = sub.add_parser("export", help="convert labeled masks to COCO polygons, YOLO, PNG or Label Studio")
+    ex.add_argument("--pred", required=True, type=Path, help="labeled COCO file (the output of `mal label`)")
+    ex.add_argument("--format", action="append", metavar="FMT",
+                    help="coco-polygons (default), yolo, png, label-studio; repeatable or a comma list")
+    ex.add_argument("--out", required=True, type=Path, help="output folder (one subfolder or file per format)")
+    ex.add_argument("--images", help="images folder for yolo/data.yaml; URL prefix of Label Studio task images")
+    ex.add_argument("--warn-iou", type=float, default=0.9, help="warn about masks whose round trip IoU is below")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    ex.add_argument("--png", choices=["instances", "labelmap", "both"], default="both",
+                    help="png: one 0/255 PNG per instance, a 16-bit label map per image, or both")
+    ex.set_defaults(func=_export)
 
     from .segment.cli import add_parsers as add_segment_parsers
     add_segment_parsers(sub)
