@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -55,6 +56,18 @@ def test_valid_file_loads(tmp_path, images_dir):
     assert [(img["id"], [r.ann_id for r in recs]) for img, recs in groups] == [(1, [11, 12]), (2, [10])]
     assert ds.image_path("a.jpg") == images_dir / "a.jpg"
     assert ds.coco["images"][2]["file_name"] == "unused.jpg"  # JSON kept unchanged
+
+
+def test_index_keeps_annotations_groups_and_the_hash_of_the_bytes_read(tmp_path, images_dir):
+    path = _write(tmp_path, _base())
+    ds = load_boxes(path, images_dir)
+    by_id = {a["id"]: a for a in ds.coco["annotations"]}
+    assert all(r.ann is by_id[r.ann_id] for r in ds.records)
+    assert ds.by_image() is ds.groups and ds.records == [r for _, recs in ds.groups for r in recs]
+    assert ds.source == str(path) and ds.input_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    # A dict: the sha256 of its canonical JSON (what job manifests have always held).
+    canonical = json.dumps(_base(), sort_keys=True).encode()
+    assert load_boxes(_base(), images_dir).input_sha256 == hashlib.sha256(canonical).hexdigest()
 
 
 def test_dict_input_and_no_segmentation_needed(images_dir):
