@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .evaluate import EvalError, _index, _load, to_rle
+from .coco_masks import EvalError, index_by_id, load_coco, to_rle
 from .masks import write_json_atomic
 
 __all__ = ["FORMATS", "PNG_MODES", "ExportError", "ExportResult", "RoundTrip", "brush_rle", "export",
@@ -208,10 +208,10 @@ def brush_rle(mask: np.ndarray) -> list[int]:
 def _read(pred, stems: bool) -> tuple[dict, str, list]:
     """Read + validate a labeled COCO file -> (dict, its name, [(image, [(annotation, RLE), ...]), ...])."""
     try:
-        coco, name = _load(pred, "labeled COCO")
-        images = _index(coco["images"], "image", name)
+        coco, name = load_coco(pred, "labeled COCO")
+        images = index_by_id(coco["images"], "image", name)
         cats = _index(coco.get("categories") or [], "category", name)
-        _index(coco["annotations"], "annotation", name)
+        index_by_id(coco["annotations"], "annotation", name)
     except EvalError as e:
         raise ExportError(str(e)) from None
     for iid, img in images.items():
