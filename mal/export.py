@@ -210,7 +210,7 @@ def _read(pred, stems: bool) -> tuple[dict, str, list]:
     try:
         coco, name = load_coco(pred, "labeled COCO")
         images = index_by_id(coco["images"], "image", name)
-        cats = _index(coco.get("categories") or [], "category", name)
+        cats = index_by_id(coco.get("categories") or [], "category", name)
         index_by_id(coco["annotations"], "annotation", name)
     except EvalError as e:
         raise ExportError(str(e)) from None
