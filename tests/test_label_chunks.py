@@ -2,6 +2,7 @@
 size, batch size, shard count, crash point or resume; peak memory does not grow with the dataset."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,10 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from mal.chunk_merge import MergeOutcome, MergeResult, merge_and_clean
 from mal.chunks import PartsError, parse_shard
 from mal.cli import main
+from mal.data.coco import load_boxes
 from mal.demo import make_scenes
 from mal.engines import build_engine, label_with_engine
+from mal.job import open_for_merge
 from mal.label import LabelError, label, merge
 from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
 
@@ -174,7 +178,8 @@ def test_explicit_merge(scenes, tmp_path, capsys):
     ref = tmp_path / "ref.json"
     label_with_engine(build_engine("box"), images, boxes, ref, num_workers=0, progress=False)
     out = tmp_path / "out.json"
-    args = ["--images", str(images), "--annotations", str(boxes), "--out", str(out), "--chunk-images", "2"]
+    args = ["--images", str(images), "--annotations", str(boxes), "--out", str(out), "--chunk-images", "2",
+            "--num-workers", "0"]
     assert main(["label", "--engine", "box", "--shard", "0/2", *args]) == 0
     assert main(["merge", "--annotations", str(boxes), "--out", str(out)]) == 2
     assert "shard 1/2 lacks 3 of 3 chunks" in capsys.readouterr().err and not out.exists()
@@ -185,6 +190,23 @@ def test_explicit_merge(scenes, tmp_path, capsys):
     assert out.read_bytes() == ref.read_bytes() and not Path(f"{out}.parts").exists()
 
 
+def test_merge_result_says_what_happened(scenes, tmp_path):
+    images, _, boxes = scenes
+    out, work = tmp_path / "out.json", tmp_path / "work"
+    kw = dict(num_workers=0, progress=False, work_dir=work, chunk_images=4)
+    label_with_engine(build_engine("box"), images, boxes, out, shard="0/2", **kw)
+    job = json.loads((work / "job.json").read_text())
+    assert job["input_sha256"] == hashlib.sha256(boxes.read_bytes()).hexdigest()  # the file's bytes
+    data = load_boxes(boxes, images)
+    store = open_for_merge(work, data.groups, data.input_sha256)
+    assert merge_and_clean(store, data.coco, out, only_if_complete=True) == MergeResult(MergeOutcome.WAITING)
+    with pytest.raises(PartsError, match="shard 1/2 lacks 2 of 2 chunks"):
+        merge_and_clean(store, data.coco, out)
+    label_with_engine(build_engine("box"), images, boxes, out, shard="1/2", **kw)  # merges, removes work
+    assert out.exists() and not work.exists()
+    assert merge_and_clean(store, data.coco, out) == MergeResult(MergeOutcome.MERGED_ELSEWHERE)
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -193,6 +215,7 @@ def _label_cmd(images, boxes, out, *extra) -> list[str]:
                       "--num-workers", "0", *map(str, extra)]
 
 
+@pytest.mark.slow  # subprocesses
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     images, _, boxes = make_scenes(tmp_path / "data", num_images=40)
     run = tmp_path / "run"
@@ -231,6 +254,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert not work.exists()
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_shard_processes_equal_one(scenes, tmp_path):
     images, _, boxes = scenes
     ref = tmp_path / "ref.json"
@@ -294,6 +318,7 @@ def peak_rss_mb(tmp_path: Path, n: int, extra: dict) -> int:
     return int(res.stdout.split()[-1])
 
 
+@pytest.mark.slow  # subprocesses
 def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     # 20 vs 200 images of 10 boxes: the 1,800 extra boxes' results are ~36 MB of RLE (noise masks),
     # which all-in-memory labeling holds until the end (measured with the code before chunking:

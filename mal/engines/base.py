@@ -2,7 +2,7 @@
 
 An engine turns one image and its boxes into one mask (and a score) per box. Reading and validating
 the COCO file, reading images in worker processes, the progress bar, chunked output, shards and
-resume are the same for every engine and for the MAL model (:func:`mal.label.label_in_chunks`);
+resume are the same for every engine and for the MAL model (:func:`mal.label_loop.label_in_chunks`);
 :class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks
 (:func:`mal.predictor.engine_masks`, which :class:`mal.predictor.MaskPredictor` uses too).
 """
@@ -15,10 +15,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..data.coco import BoxDataset, BoxRecord, load_boxes
+from ..data.coco import BoxDataset, ImageGroup, load_boxes
 from ..data.crops import xywh_to_xyxy
 from ..data.dataset import ImageReader
-from ..label import LabelSummary, annotation_out, check_strict, label_in_chunks
+from ..label_loop import LabelSummary, check_strict, label_in_chunks
+from ..output import annotation_out
 from ..predictor import engine_masks
 
 log = logging.getLogger("mal")
@@ -39,23 +40,22 @@ class Engine(Protocol):
 
 
 class EngineLabeler:
-    """An :class:`Engine` as a :class:`mal.label.ImageLabeler`: one ``predict`` call per image; every
+    """An :class:`Engine` as a :class:`mal.label_loop.ImageLabeler`: one ``predict`` call per image; every
     mask clipped to its box, an empty one replaced by the filled box (score 0, flagged)."""
 
     def __init__(self, engine: Engine, data: BoxDataset):
         self.engine, self.data = engine, data
         self.name = getattr(engine, "name", type(engine).__name__)
-        self.anns_by_id = {a["id"]: a for a in data.coco["annotations"]}
         self.identity = engine_identity(engine)
 
-    def dataset(self, groups: list[tuple[dict, list[BoxRecord]]]) -> Dataset:
+    def dataset(self, groups: list[ImageGroup]) -> Dataset:
         return ImageReader(groups, self.data)
 
     def add(self, item: dict) -> list[dict]:
         records = item["records"]
         boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
         results = engine_masks(self.engine, item["pixels"], boxes, item["image"]["file_name"])
-        return [annotation_out(self.anns_by_id[r.ann_id], mask, score, fb)
+        return [annotation_out(r.ann, mask, score, fb)
                 for r, (mask, score, fb) in zip(records, results)]
 
     def flush(self) -> list[dict]:
@@ -89,10 +89,10 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     is done. An unreadable image raises :class:`mal.label.LabelError` naming it, unless
     ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
     ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
-    :func:`mal.label.label_in_chunks`. ``strict``: as in :func:`mal.label.label`.
+    :func:`mal.label_loop.label_in_chunks`. ``strict``: as in :func:`mal.label.label`.
     """
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
-    return label_in_chunks(EngineLabeler(engine, data), data, annotations, out, num_workers=num_workers,
+    return label_in_chunks(EngineLabeler(engine, data), data, out, num_workers=num_workers,
                            skip_bad_images=skip_bad_images, progress=progress, shard=shard,
                            resume=resume, work_dir=work_dir, chunk_images=chunk_images,
                            keep_parts=keep_parts)

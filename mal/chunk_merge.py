@@ -1,0 +1,150 @@
+"""The merge of a labeling job (words: :mod:`mal.chunks`): every chunk of every shard into the one
+output COCO file, under ``merge.lock`` so that shards finishing together merge once.
+
+:func:`merge_and_clean` says what happened in a :class:`MergeResult`: this process wrote the output
+(with the whole job's :class:`~mal.chunks.Totals`), another process already had (and removed the
+work dir), or some shard is not done yet.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .chunks import ChunkStore, PartsError, Totals
+from .job import read_job
+from .masks import atomic_file
+
+LOCK_FILE = "merge.lock"
+
+
+class MergeOutcome(enum.Enum):
+    WRITTEN = "written"                    # this process wrote the output
+    MERGED_ELSEWHERE = "merged elsewhere"  # another process did, and removed the work dir
+    WAITING = "waiting"                    # some shard is not done yet (``only_if_complete``)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    outcome: MergeOutcome
+    totals: Totals | None = None  # the whole job's, when WRITTEN
+
+    @property
+    def written(self) -> bool:
+        return self.outcome is MergeOutcome.WRITTEN
+
+
+def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
+    """Write ``coco`` with its annotations replaced by the chunks' (input order; annotations of
+    skipped images left out) to ``out``, atomically. Annotations are copied as raw lines from the
+    chunk files, located through arrays of (file, offset, length) per input annotation, so memory
+    stays small whatever the size of the job."""
+    plan = store.plan
+    missing = store.missing()
+    if missing:
+        raise PartsError(f"{store.dir}: not every shard is done: " + "; ".join(
+            f"shard {i}/{plan.shards} lacks {len(ks)} of {len(plan.chunks(i))} chunks"
+            for i, ks in missing.items()) + " (run `mal label ... --shard i/N --resume` for those)")
+    anns = coco["annotations"]
+    ids = np.fromiter((a["id"] for a in anns), dtype=np.int64, count=len(anns))
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    where = np.full(len(anns), -1, dtype=np.int64)  # chunk file number per input annotation
+    offset = np.zeros(len(anns), dtype=np.int64)
+    length = np.zeros(len(anns), dtype=np.int64)
+    files: list[Path] = []
+    totals = Totals()
+    skipped_boxes = 0
+    for i in range(plan.shards):
+        for k, groups in enumerate(plan.chunks(i)):
+            path = store.chunk_path(i, k)
+            lines = path.read_bytes().split(b"\n")[:-1]
+            header = json.loads(lines[0])
+            if header["image_ids"] != [e["id"] for e, _ in groups] or len(lines) - 1 != len(header["ann_ids"]):
+                raise PartsError(f"{path} does not hold the images this job expects there; "
+                                 "delete it and run that shard again with --resume")
+            chunk_ids = np.asarray(header["ann_ids"], dtype=np.int64)
+            at = np.minimum(np.searchsorted(sorted_ids, chunk_ids), len(ids) - 1)
+            if len(chunk_ids) and not np.array_equal(sorted_ids[at], chunk_ids):
+                raise PartsError(f"{path} holds annotation ids that are not in the input")
+            pos = order[at]
+            if (where[pos] >= 0).any():
+                raise PartsError(f"{path} repeats annotations of another chunk")
+            sizes = np.array([len(s) for s in lines[1:]], dtype=np.int64)
+            where[pos] = len(files)
+            offset[pos] = len(lines[0]) + 1 + np.cumsum(sizes + 1) - (sizes + 1)  # line starts
+            length[pos] = sizes
+            files.append(path)
+            totals.add(header)
+            skipped_boxes += sum(s["boxes"] for s in header["skipped"])
+    if int((where < 0).sum()) != skipped_boxes:
+        raise PartsError(f"{store.dir}: {int((where < 0).sum()) - skipped_boxes} input annotations "
+                         "have no result in any chunk")
+
+    # Keep the input's key order, with the annotations streamed in where they were.
+    keys = list(coco)
+    at_ann = keys.index("annotations")
+    before = [f"{json.dumps(k)}: {json.dumps(coco[k])}" for k in keys[:at_ann]]
+    after = [f"{json.dumps(k)}: {json.dumps(coco[k])}" for k in keys[at_ann + 1:]]
+    head = "{" + "".join(s + ", " for s in before) + '"annotations": ['
+    tail = "]" + "".join(", " + s for s in after) + "}"
+    with atomic_file(Path(out)) as f, _OpenFiles(files) as chunk_fd:
+        f.write(head.encode())
+        for n, p in enumerate(np.flatnonzero(where >= 0)):
+            if n:
+                f.write(b", ")
+            f.write(os.pread(chunk_fd(int(where[p])), int(length[p]), int(offset[p])))
+        f.write(tail.encode())
+    return totals
+
+
+def merge_and_clean(store: ChunkStore, coco: dict, out: str | Path, *, keep_parts: bool = False,
+                    only_if_complete: bool = False) -> MergeResult:
+    """:func:`merge_chunks`, then remove the work dir unless ``keep_parts``, all under ``merge.lock``:
+    shards that finish together merge in turn, and the later ones find the work dir gone (or, with
+    ``keep_parts``, merge again to the same bytes). With ``only_if_complete``, a job with a shard not
+    done yet is WAITING rather than a :class:`PartsError`."""
+    import fcntl
+    try:
+        lock = open(store.dir / LOCK_FILE, "a")
+    except FileNotFoundError:
+        return MergeResult(MergeOutcome.MERGED_ELSEWHERE)
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if read_job(store.dir) is None:
+            return MergeResult(MergeOutcome.MERGED_ELSEWHERE)
+        if only_if_complete and store.missing():
+            return MergeResult(MergeOutcome.WAITING)
+        totals = merge_chunks(store, coco, out)
+        if not keep_parts:
+            shutil.rmtree(store.dir)
+        return MergeResult(MergeOutcome.WRITTEN, totals)
+
+
+class _OpenFiles:
+    """``fd(n)`` = an open descriptor for ``paths[n]``, keeping at most ``limit`` open at once."""
+
+    def __init__(self, paths: list[Path], limit: int = 64):
+        self.paths, self.limit, self.open = paths, limit, OrderedDict()
+
+    def __call__(self, n: int) -> int:
+        if n in self.open:
+            self.open.move_to_end(n)
+        else:
+            if len(self.open) >= self.limit:
+                os.close(self.open.popitem(last=False)[1])
+            self.open[n] = os.open(self.paths[n], os.O_RDONLY)
+        return self.open[n]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for fd in self.open.values():
+            os.close(fd)
