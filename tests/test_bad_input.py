@@ -289,6 +289,7 @@ TINY_TRAIN = ["--backbone", "vit_tiny_patch16_224", "--timm-kwargs",
               "--accelerator", "cpu", "--precision", "32"]
 
 
+@pytest.mark.slow  # mal train, a DataLoader worker process
 def test_train_strict_stops_on_clipped_box_and_unreadable_image(job, tmp_path, capsys):
     coco = _coco()
     coco["annotations"][0]["bbox"] = [-3, 2, 10, 8]

@@ -39,13 +39,12 @@ class InstanceMasks(Dataset):
     def __init__(self, data: BoxDataset, image_ids: set[int], cat_to_label: dict[int, int],
                  *, flip: bool = False, source: str = "annotations"):
         self.data = data
-        self.groups = [(e, recs) for e, recs in data.by_image() if e["id"] in image_ids]
-        self.anns = {a["id"]: a for a in data.coco["annotations"]}
+        self.groups = [(e, recs) for e, recs in data.groups if e["id"] in image_ids]
         self.cat_to_label = cat_to_label
         self.flip = flip
         for _, recs in self.groups:  # fail before training, not hours into it
             for r in recs:
-                seg = self.anns[r.ann_id].get("segmentation")
+                seg = r.ann.get("segmentation")
                 if not seg:
                     raise CocoError(f"{source}: annotation {r.ann_id} (image {r.file_name}) has no "
                                     "segmentation; the segmenter trains on masks")
@@ -62,7 +61,7 @@ class InstanceMasks(Dataset):
         masks = []
         for r in records:
             try:
-                rle = to_rle(self.anns[r.ann_id]["segmentation"], H, W, r.ann_id, r.file_name)
+                rle = to_rle(r.ann["segmentation"], H, W, r.ann_id, r.file_name)
             except EvalError as e:
                 raise CocoError(str(e)) from e
             masks.append(mask_utils.decode(rle))
