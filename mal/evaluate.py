@@ -23,9 +23,6 @@ from .coco_masks import EvalError, check_same_boxes, index_by_id, load_coco, mas
 
 __all__ = ["EvalError", "auroc", "evaluate", "format_report", "spearman", "to_rle"]
 
-# The names mal/export.py still imports from here; they are mal.coco_masks.load_coco / index_by_id.
-_load, _index = load_coco, index_by_id
-
 SMALL_MAX = 32 * 32  # COCO size rule: area < 32^2 is small
 MEDIUM_MAX = 96 * 96  # area < 96^2 is medium, otherwise large
 SIZES = ("small", "medium", "large")
