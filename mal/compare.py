@@ -15,7 +15,7 @@ import numpy as np
 
 from .evaluate import SIZES, EvalError, evaluate
 
-__all__ = ["TIE_TOL", "compare", "format_comparison"]
+__all__ = ["TIE_TOL", "column_names", "compare", "format_comparison"]
 
 TIE_TOL = 0.01  # an instance is a win/loss only if the two IoUs differ by more than this
 
@@ -31,7 +31,9 @@ _ROWS: list[tuple[str, str, Any]] = [
 ]
 
 
-def _names(preds: list, names: list[str] | None) -> list[str]:
+def column_names(preds: list, names: list[str] | None) -> list[str]:
+    """One column name per prediction file (paths or dicts): ``names`` if given (one per file), else
+    the file stems ("pred1", ... for dicts); repeats get " (2)", " (3)", ... (the table and ``mal show``)."""
     if names is not None:
         names = [str(n) for n in names]
         if len(names) != len(preds):
@@ -81,7 +83,7 @@ def compare(gt: str | os.PathLike | dict, preds: list, names: list[str] | None =
     preds = list(preds)
     if not preds:
         raise EvalError("compare needs at least one prediction file")
-    cols = _names(preds, names)
+    cols = column_names(preds, names)
     reports = [evaluate(gt, p) for p in preds]
     first = reports[0]
     result = {

@@ -56,3 +56,12 @@ def write_json_atomic(obj, path: str | Path) -> None:
         json.dump(obj, text)
         text.flush()
         text.detach()  # leave the binary file open for atomic_file to fsync and close
+
+
+def write_text_atomic(text: str, path: str | Path, mode: int | None = None) -> None:
+    """Write UTF-8 text through :func:`atomic_file`. ``mode``: the file's permissions (the temporary
+    file is created 0600; e.g. 0o644 for a page others should read)."""
+    with atomic_file(Path(path)) as f:
+        if mode is not None:
+            os.fchmod(f.fileno(), mode)
+        f.write(text.encode("utf-8"))

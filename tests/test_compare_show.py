@@ -10,6 +10,7 @@ A control page with a deliberate error checks that this detection actually fires
 """
 
 import copy
+import hashlib
 import json
 import re
 import subprocess
@@ -235,6 +236,37 @@ def test_show_options_are_checked(scenes, tmp_path):
         show(scenes["images"], [unscored], tmp_path, least_sure=3)
 
 
+def test_show_refuses_files_of_different_boxes(scenes, tmp_path):
+    """The same-boxes check evaluate uses: a side by side of other boxes would draw one file's box
+    over another file's mask."""
+    moved = json.loads(scenes["b"].read_text())
+    moved["annotations"][1]["bbox"][0] += 2
+    aid = moved["annotations"][1]["id"]
+    with pytest.raises(EvalError, match=rf"does not have the same boxes as .*eroded_a.json: 1 with a different "
+                                        rf"box/image \(e\.g\. \[{aid}\]; annotation {aid}: bbox"):
+        show(scenes["images"], [scenes["a"], moved], tmp_path / "v")
+    assert not (tmp_path / "v").exists()
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_show_page_and_overlays_byte_identical(scenes, tmp_path):
+    """Every byte of two pages (HTML and PNGs) as the single-module show.py wrote them before it was
+    split into rows / overlays / page (commit e42c409). Changed the page on purpose? Update the digests."""
+    a, b = json.loads(scenes["a"].read_text()), json.loads(scenes["b"].read_text())
+    a["annotations"][0]["mal_fallback"] = "box"
+    show(scenes["images"], [a, b], tmp_path / "v1", gt=scenes["gt"], names=["A<1>", "b&b"])
+    show(scenes["images"], [b], tmp_path / "v2", least_sure=4, max_items=3)
+    assert _digest(tmp_path / "v1") == "86495dc3af1a127091aa4b8276c71a64f6dd5c9749fb62701a2aa3ed54472cdd"
+    assert _digest(tmp_path / "v2") == "eda4ae0e81b39b8833b54a88c4a374421f69b792040aab4bd713451927d756ae"
+
+
 def test_show_marks_fallback_masks(scenes, tmp_path):
     ids = [a["id"] for a in scenes["gt"]["annotations"]]
     fb = {ids[1], ids[-2]}
@@ -324,6 +356,7 @@ def _console_lines(stderr: str) -> list[str]:
             if "CONSOLE" in ln or "Uncaught" in ln or "ERROR:CONSOLE" in ln]
 
 
+@pytest.mark.slow  # starts a browser
 def test_page_in_headless_chromium(scenes, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("chromium not installed: apt-get install chromium")
