@@ -40,8 +40,6 @@ from pathlib import Path
 from .data.coco import ImageGroup
 from .masks import atomic_file
 
-Group = ImageGroup  # (COCO image entry, its box records), as BoxDataset.by_image()
-
 
 class PartsError(ValueError):
     """The work dir does not belong to this job, or is not complete; the message says what to do."""
@@ -72,13 +70,13 @@ def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int]:
 class ChunkPlan:
     """Which images each chunk of each shard holds (see the module docstring)."""
 
-    def __init__(self, groups: list[Group], shards: int, chunk_images: int):
+    def __init__(self, groups: list[ImageGroup], shards: int, chunk_images: int):
         if chunk_images < 1:
             raise ValueError(f"--chunk-images must be at least 1, got {chunk_images}")
         self.groups, self.shards, self.chunk_images = groups, shards, chunk_images
-        self._chunks: dict[int, list[list[Group]]] = {}
+        self._chunks: dict[int, list[list[ImageGroup]]] = {}
 
-    def chunks(self, shard: int) -> list[list[Group]]:
+    def chunks(self, shard: int) -> list[list[ImageGroup]]:
         """Shard ``shard``'s chunks, each a list of up to ``chunk_images`` groups."""
         if shard not in self._chunks:
             mine, K = self.groups[shard::self.shards], self.chunk_images

@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .chunks import ChunkPlan, ChunkStore, Group, PartsError
-from .data.coco import BoxDataset
+from .chunks import ChunkPlan, ChunkStore, PartsError
+from .data.coco import BoxDataset, ImageGroup
 from .masks import atomic_file
 
 JOB_FILE = "job.json"
@@ -60,7 +60,7 @@ def open_for_labeling(work_dir: str | Path, plan: ChunkPlan, job: dict, shard: i
     return store
 
 
-def open_for_merge(work_dir: str | Path, groups: list[Group], input_sha256: str) -> ChunkStore:
+def open_for_merge(work_dir: str | Path, groups: list[ImageGroup], input_sha256: str) -> ChunkStore:
     """Reopen a work dir to merge it; its manifest gives the shard count and chunk size."""
     work_dir = Path(work_dir)
     job = read_job(work_dir)

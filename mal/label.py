@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .chunks import Group
-from .data.coco import BoxDataset, load_boxes
+from .data.coco import BoxDataset, ImageGroup, load_boxes
 from .data.crops import xywh_to_xyxy
 from .data.dataset import ImageCrops
 from .job import weights_sha256
@@ -47,7 +46,7 @@ class ModelLabeler:
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),
                          "config": asdict(model.config), "threshold": threshold, "expand": expand}
 
-    def dataset(self, groups: list[Group]) -> Dataset:
+    def dataset(self, groups: list[ImageGroup]) -> Dataset:
         return ImageCrops(groups, self.data, self.model.config.crop_size, self.expand, self.model.config.view)
 
     def add(self, item: dict) -> list[dict]:

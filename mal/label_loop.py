@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .chunk_merge import MergeOutcome, merge_and_clean
-from .chunks import ChunkPlan, Group, parse_shard
-from .data.coco import BoxDataset, load_boxes
+from .chunks import ChunkPlan, parse_shard
+from .data.coco import BoxDataset, ImageGroup, load_boxes
 from .data.dataset import collate_single
 from .job import job_manifest, open_for_labeling, open_for_merge
 
@@ -74,7 +74,7 @@ class ImageLabeler(Protocol):
     name: str
     identity: dict  # everything that decides the masks (model weights, settings), for job.json
 
-    def dataset(self, groups: list[Group]) -> Dataset:
+    def dataset(self, groups: list[ImageGroup]) -> Dataset:
         """One item per group, read in DataLoader workers (an ``error`` item for an unreadable image)."""
         ...
 
