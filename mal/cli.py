@@ -124,7 +124,7 @@ def _show(a) -> None:
 def _export(a) -> None:
     from .export import export
     print(export(a.pred, a.out, formats=a.format or ["coco-polygons"], images=a.images, png=a.png,
-                 warn_iou=a.warn_iou, overwrite=a.overwrite))
+                 warn_iou=a.warn_iou, overwrite=a.overwrite, yolo_max_points=a.yolo_max_points))
 
 
 def _demo(a) -> None:
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--images", help="images folder for yolo/data.yaml; URL prefix of Label Studio task images")
     ex.add_argument("--warn-iou", type=float, default=0.9, help="warn about masks whose round trip IoU is below")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    ex.add_argument("--yolo-max-points", type=int, help="simplify longer YOLO outlines to this many points "
+                    "(1000 for ultralytics training, which resamples every polygon to 1000 points)")
     ex.add_argument("--png", choices=["instances", "labelmap", "both"], default="both",
                     help="png: one 0/255 PNG per instance, a 16-bit label map per image, or both")
     ex.set_defaults(func=_export)

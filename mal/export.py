@@ -169,12 +169,22 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
     return [_join(rs).ravel().tolist() for rs in _rings(mask, scale=2)]
 
 
-def mask_to_yolo(mask: np.ndarray) -> np.ndarray:
-    """HxW bool mask -> one polygon (Kx2, x / width and y / height, K >= 3; 0x2 if empty): all parts, holes."""
+def mask_to_yolo(mask: np.ndarray, max_points: int | None = None) -> np.ndarray:
+    """HxW bool mask -> one polygon (Kx2, x / width and y / height, K >= 3; 0x2 if empty): all parts and holes.
+    With ``max_points`` (e.g. 1000 for ultralytics training) a longer outline is simplified (Douglas-Peucker, tolerance from 0.5 px up, x1.5
+    until it fits; past 4 px the smallest rings, specks and pinholes, go first): ultralytics would otherwise resample it to 1,000 points by vertex index, which
+    skips whole stretches of a long outline (measured: 37 of 3,591 masks below IoU 0.9, the worst 0.12)."""
     rings = [r for rs in _rings(mask, scale=1) for r in rs]
     if not rings:
         return np.zeros((0, 2))
-    xy = _join(rings)
+    xy, eps = _join(rings), 0.5
+    while max_points and len(xy) > max_points:
+        if eps > 4:  # still too long at 4 px: many specks and holes; drop the smallest tenth of the rings
+            area = [abs(cv2.contourArea(r.astype(np.float32))) for r in rings]
+            keep = sorted(np.argsort(area)[len(rings) // 10 or 1:])
+            rings, eps = [rings[k] for k in keep], 0.5
+        simple = [cv2.approxPolyDP(r.astype(np.float32).reshape(-1, 1, 2), eps, True)[:, 0, :] for r in rings]
+        xy, eps = _join(simple), eps * 1.5
     return np.resize(xy, (max(len(xy), 3), 2)) / [mask.shape[1], mask.shape[0]]  # a 1-px mask: its point x3
 
 
@@ -270,8 +280,9 @@ class _CocoPolygons:
 
 
 class _Yolo:
-    def __init__(self, root: Path, coco: dict, final: Path, images: str | None, **_):
+    def __init__(self, root: Path, coco: dict, final: Path, images: str | None, yolo_max_points=None, **_):
         self.root, self.final, self.images, self.ious = root / "yolo", final / "yolo", images, []
+        self.max_points = yolo_max_points
         (self.root / "labels").mkdir(parents=True)
         cats = sorted(coco["categories"], key=lambda c: c["id"])
         self.cls = {c["id"]: i for i, c in enumerate(cats)}  # COCO ids (with gaps) -> class indices 0..K-1
@@ -280,7 +291,7 @@ class _Yolo:
     def add(self, img: dict, anns: list[dict], masks: list[np.ndarray]) -> None:
         lines = []
         for a, m in zip(anns, masks):
-            if len(xy := mask_to_yolo(m)):
+            if len(xy := mask_to_yolo(m, self.max_points)):
                 lines.append(f"{self.cls[a['category_id']]} " + " ".join(f"{v:.6f}" for v in xy.ravel()))
                 back = np.array(lines[-1].split()[1:], float).reshape(-1, 2)  # what a reader gets
                 self.ious.append((a["id"], _iou(m, yolo_to_mask(back, *m.shape))))
@@ -402,11 +413,12 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def export(pred, out, formats=("coco-polygons",), images: str | None = None, png: str = "both",
-           warn_iou: float = WARN_IOU, overwrite: bool = False) -> ExportResult:
+           warn_iou: float = WARN_IOU, overwrite: bool = False, yolo_max_points: int | None = None) -> ExportResult:
     """Export the labeled COCO file ``pred`` (path or dict) as ``formats`` (FORMATS) into the folder ``out``.
 
     ``images``: the images folder written into ``yolo/data.yaml`` and the URL prefix of Label Studio's task
-    images. ``png``: one of PNG_MODES. Each mask of a lossy format is re-read by that format's rules and
+    images. ``png``: one of PNG_MODES. ``yolo_max_points``: simplify longer YOLO outlines to this many points
+    (see :func:`mask_to_yolo`; 1000 for ultralytics training). Each mask of a lossy format is re-read by that format's rules and
     compared with the input; masks under ``warn_iou`` are logged. ``out`` appears complete or not at all
     (written beside it, renamed into place); a non-empty ``out`` is replaced only with ``overwrite``.
     """
@@ -419,7 +431,8 @@ def export(pred, out, formats=("coco-polygons",), images: str | None = None, png
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        writers = {f: WRITERS[f](root=tmp, coco=coco, final=out, images=images, png=png) for f in formats}
+        writers = {f: WRITERS[f](root=tmp, coco=coco, final=out, images=images, png=png,
+                                  yolo_max_points=yolo_max_points) for f in formats}
         empty = 0
         for img, pairs in groups:  # one image's masks in memory at a time
             anns, masks = [a for a, _ in pairs], [_decode(a, rle, name) for a, rle in pairs]
