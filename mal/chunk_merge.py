@@ -19,7 +19,7 @@ import numpy as np
 
 from .chunks import ChunkStore, PartsError, Totals
 from .job import read_job
-from .masks import atomic_file
+from .atomic import atomic_file
 
 LOCK_FILE = "merge.lock"
 

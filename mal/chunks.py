@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data.coco import ImageGroup
-from .masks import atomic_file
+from .atomic import atomic_file
 
 
 class PartsError(ValueError):

@@ -97,7 +97,7 @@ def _merge(a) -> None:
 
 def _eval(a) -> None:
     from .api import evaluate, format_report
-    from .masks import write_json_atomic
+    from .atomic import write_json_atomic
     report = evaluate(a.gt, a.pred)
     print(format_report(report))
     if a.json:
@@ -107,7 +107,7 @@ def _eval(a) -> None:
 
 def _compare(a) -> None:
     from .compare import compare, format_comparison
-    from .masks import write_json_atomic
+    from .atomic import write_json_atomic
     result = compare(a.gt, a.preds, names=a.names)
     print(format_comparison(result))
     if a.json:

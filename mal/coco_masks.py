@@ -1,4 +1,5 @@
-"""COCO files whose masks are compared: loading, segmentation -> RLE, mask IoU, the "same boxes" check.
+"""COCO masks: binary mask <-> RLE, and the COCO files whose masks are compared: loading, segmentation
+-> RLE, mask IoU, the "same boxes" check.
 
 Shared by :mod:`mal.evaluate` (prediction vs ground truth), :mod:`mal.show` (prediction files side by
 side) and :mod:`mal.segment.data` (auto-labels vs human masks for phase 2), so that "the same boxes"
@@ -17,10 +18,24 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["BBOX_TOL", "EvalError", "check_same_boxes", "index_by_id", "load_coco", "mask_area", "mask_iou",
-           "to_rle"]
+__all__ = ["BBOX_TOL", "EvalError", "check_same_boxes", "decode_rle", "encode_rle", "index_by_id", "load_coco",
+           "mask_area", "mask_iou", "to_rle"]
 
 BBOX_TOL = 1e-3  # px; boxes are copied through unchanged, so anything larger is a different box
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """HxW bool/uint8 mask -> compressed COCO RLE with ``counts`` as str (JSON-ready)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    r = dict(rle)
+    if isinstance(r["counts"], str):
+        r["counts"] = r["counts"].encode("ascii")
+    return mask_utils.decode(r).astype(bool)
 
 
 class EvalError(ValueError):

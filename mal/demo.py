@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .masks import encode_rle
+from .coco_masks import encode_rle
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

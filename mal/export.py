@@ -45,7 +45,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .coco_masks import EvalError, index_by_id, load_coco, to_rle
-from .masks import write_json_atomic
+from .atomic import write_json_atomic
 
 __all__ = ["FORMATS", "PNG_MODES", "ExportError", "ExportResult", "RoundTrip", "brush_rle", "export",
            "mask_to_polygons", "mask_to_yolo", "yolo_to_mask"]

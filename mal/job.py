@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .chunks import ChunkPlan, ChunkStore, PartsError
 from .data.coco import BoxDataset, ImageGroup
-from .masks import atomic_file
+from .atomic import atomic_file
 
 JOB_FILE = "job.json"
 FORMAT = 1

@@ -16,7 +16,7 @@ from mal.cli import main
 from mal.data.coco import load_boxes
 from mal.data.dataset import TrainCrops
 from mal.data.images import ImageError, read_rgb
-from mal.masks import decode_rle
+from mal.coco_masks import decode_rle
 
 W, H = 40, 30  # every test image, upright
 

@@ -1,6 +1,8 @@
 """CLI error handling: clear messages and exit code 2, never a traceback or a partial output."""
 import json
 
+import pytest
+
 from mal.cli import main
 from mal.demo import make_scenes
 
@@ -10,8 +12,11 @@ def test_eval_refuses_different_boxes(tmp_path, capsys):
     d = json.loads(gt.read_text())
     d["annotations"] = d["annotations"][1:]
     (tmp_path / "pred.json").write_text(json.dumps(d))
+    missing = json.loads(gt.read_text())["annotations"][0]["id"]
     assert main(["eval", "--gt", str(gt), "--pred", str(tmp_path / "pred.json")]) == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mal eval: error: ") and "pred.json" in err[0]
+    assert f"1 missing (e.g. [{missing}])" in err[0]  # which annotation, not just "an error"
 
 
 def test_label_missing_model_and_bad_json(tmp_path, capsys):
@@ -38,6 +43,7 @@ def test_train_rejects_mismatched_weights(tmp_path, capsys):
     assert rc == 2 and "w.safetensors" in err and "missing keys" in err
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):
     images, _, boxes = make_scenes(tmp_path, num_images=2)
     base = ["train", "--images", str(images), "--annotations", str(boxes), "--out", str(tmp_path / "run"),

@@ -26,7 +26,7 @@ from mal.compare import compare, format_comparison
 from mal.data.images import read_rgb
 from mal.demo import make_scenes
 from mal.evaluate import EvalError, evaluate
-from mal.masks import decode_rle, encode_rle
+from mal.coco_masks import decode_rle, encode_rle
 from mal.show import show
 
 CHROMIUM = Path("/usr/bin/chromium")

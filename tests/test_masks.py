@@ -3,9 +3,10 @@ import json
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from mal.label import annotation_out
+from mal.atomic import write_json_atomic
+from mal.coco_masks import decode_rle, encode_rle
+from mal.output import annotation_out
 from mal.predictor import mask_from_prob
-from mal.masks import decode_rle, encode_rle, write_json_atomic
 
 
 def test_rle_round_trip_and_area():

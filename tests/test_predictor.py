@@ -11,12 +11,12 @@ from mal.data.crops import box_mask, xywh_to_xyxy
 from mal.data.images import ImageError, read_rgb
 from mal.engines import build_engine, label_with_engine
 from mal.label import label
-from mal.masks import decode_rle
+from mal.coco_masks import decode_rle
 from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
 from mal.predictor import MaskPredictor
 
 
-@pytest.fixture(scope="module", params=["kv_crop", "sam_image"])
+@pytest.fixture(scope="module", params=["kv_crop", pytest.param("sam_image", marks=pytest.mark.slow)])
 def run(request, tmp_path_factory):
     """A saved labeler with random weights (a `mal train` run directory as far as loading goes)."""
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from conftest import COCO_MINI, SAM_DECODER_ONNX, SAM_ENCODER_ONNX, SAM_NECK, TI
 from mal.modeling.encoder import WeightsError
 from mal.modeling.labeler import LabelerConfig, build_labeler
 from mal.modeling.neck import SamNeck, load_neck_weights
-from mal.modeling.sam_decoder import SamBoxDecoder, build_sam_decoder, load_sam_decoder_weights
+from mal.modeling.sam_decoder import SamBoxDecoder, build_sam_decoder
 
 
 @pytest.fixture(scope="module")

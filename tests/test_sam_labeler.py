@@ -11,7 +11,7 @@ from mal.data.crops import crop_and_resize
 from mal.data.dataset import image_frame
 from mal.demo import make_scenes
 from mal.label import label
-from mal.masks import decode_rle
+from mal.coco_masks import decode_rle
 from mal.config import recipe
 from mal.modeling.labeler import LabelerConfig, build_labeler
 from mal.train import MALModule, mask_iou
@@ -43,6 +43,7 @@ def real_sam(cfg: LabelerConfig):
                          decoder_weights=require(SAM_DECODER_ONNX)).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["image", "crop"])
 def test_same_masks_for_any_batch_size(scenes, tmp_path, view):
     # Random weights (no ../shared needed): only the grouping of boxes into batches changes.
@@ -58,6 +59,7 @@ def test_same_masks_for_any_batch_size(scenes, tmp_path, view):
     assert all(0 <= a["score"] <= 1 for a in outs[0])
 
 
+@pytest.mark.slow
 def test_image_view_zero_shot_is_the_sam_engine(tmp_path):
     # No training: the torch labeler on the whole image gives the masks of the ONNX SAM engine.
     from mal.engines import build_engine, label_with_engine

@@ -16,7 +16,7 @@ class MalEngine:
         """model: a `mal train` run directory or .ckpt, or a MaskLabeler; ``kwargs``: MaskPredictor's
         (device, precision, batch_size, threshold, expand)."""
         from ..modeling.labeler import MaskLabeler, load_labeler
-        from ..label import weights_sha256
+        from ..job import weights_sha256
         model = model if isinstance(model, MaskLabeler) else load_labeler(model)
         self.predictor = MaskPredictor(model, **kwargs)
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),

@@ -44,7 +44,7 @@ def _train(a) -> None:
 
 
 def _eval(a) -> None:
-    from ..masks import write_json_atomic
+    from ..atomic import write_json_atomic
     from .evaluate import evaluate_segmenter, format_ap
     report = evaluate_segmenter(a.model, a.images, a.gt, image_ids=_ids(a.image_ids), device=a.device,
                                 precision=a.precision, num_workers=a.num_workers)

@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 
 from ..data.coco import load_coco_json
-from ..masks import write_json_atomic
+from ..atomic import write_json_atomic
 from .data import check_disjoint, check_same_boxes, class_map, load_instances, split_images
 from .evaluate import evaluate_segmenter
 from .model import SegmenterConfig, build_segmenter

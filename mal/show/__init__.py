@@ -29,7 +29,7 @@ import numpy as np
 from ..coco_masks import EvalError, check_same_boxes, load_coco
 from ..compare import column_names
 from ..evaluate import evaluate
-from ..masks import write_text_atomic
+from ..atomic import write_text_atomic
 from .overlays import write_overlays
 from .page import render_page
 from .rows import SORTS, build_rows, check_options, select_rows

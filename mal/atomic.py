@@ -1,4 +1,4 @@
-"""Binary masks <-> COCO RLE, and atomic JSON output."""
+"""Files that appear whole or not at all: written beside the target, fsync'ed, renamed into place."""
 from __future__ import annotations
 
 import contextlib
@@ -8,22 +8,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """HxW bool/uint8 mask -> compressed COCO RLE with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    r = dict(rle)
-    if isinstance(r["counts"], str):
-        r["counts"] = r["counts"].encode("ascii")
-    return mask_utils.decode(r).astype(bool)
 
 
 @contextlib.contextmanager
