@@ -37,11 +37,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.coco import ImageGroup
 from .atomic import atomic_file
+from .data.coco import ImageGroup
+from .errors import MalError
 
 
-class PartsError(ValueError):
+class PartsError(MalError):
     """The work dir does not belong to this job, or is not complete; the message says what to do."""
 
 
@@ -57,13 +58,13 @@ def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int]:
         try:
             i, n = int(head), int(tail)
         except ValueError:
-            raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
+            raise MalError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
         if not sep:
-            raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}")
+            raise MalError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}")
     else:
         i, n = (int(v) for v in spec)
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {i}/{n} does not exist: shards are numbered 0 to N-1 (N >= 1)")
+        raise MalError(f"shard {i}/{n} does not exist: shards are numbered 0 to N-1 (N >= 1)")
     return i, n
 
 
@@ -72,7 +73,7 @@ class ChunkPlan:
 
     def __init__(self, groups: list[ImageGroup], shards: int, chunk_images: int):
         if chunk_images < 1:
-            raise ValueError(f"--chunk-images must be at least 1, got {chunk_images}")
+            raise MalError(f"--chunk-images must be at least 1, got {chunk_images}")
         self.groups, self.shards, self.chunk_images = groups, shards, chunk_images
         self._chunks: dict[int, list[list[ImageGroup]]] = {}
 

@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .errors import MalError
+
 
 def _train(a) -> None:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -73,7 +75,7 @@ def _label(a) -> None:
                    chunk_images=a.chunk_images, keep_parts=a.keep_parts)
     if a.engine == "mal":
         if a.model is None:
-            raise ValueError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
+            raise MalError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
         from .api import label
         print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
                     precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
@@ -83,7 +85,7 @@ def _label(a) -> None:
     kwargs = {}
     if a.engine == "sam":
         if not (a.sam_encoder and a.sam_decoder):
-            raise ValueError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
+            raise MalError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
         kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
     print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
                             num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict,
@@ -106,8 +108,8 @@ def _eval(a) -> None:
 
 
 def _compare(a) -> None:
-    from .compare import compare, format_comparison
     from .atomic import write_json_atomic
+    from .compare import compare, format_comparison
     result = compare(a.gt, a.preds, names=a.names)
     print(format_comparison(result))
     if a.json:
@@ -291,16 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from .data.coco import CocoError
-    from .data.images import ImageError
-    from .evaluate import EvalError
-    from .label import LabelError
     from .modeling.encoder import WeightsError
     from .train import ReplicaSyncError
     try:
         args.func(args)
-    except (CocoError, ImageError, EvalError, LabelError, WeightsError, ReplicaSyncError, FileNotFoundError,
-            ValueError) as e:
+    # User errors (bad files, options, weights; a missing file) are one line; anything else is a bug
+    # and keeps its traceback.
+    except (MalError, WeightsError, ReplicaSyncError, FileNotFoundError) as e:
         print(f"mal {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .errors import MalError
+
 __all__ = ["BBOX_TOL", "EvalError", "check_same_boxes", "decode_rle", "encode_rle", "index_by_id", "load_coco",
            "mask_area", "mask_iou", "to_rle"]
 
@@ -38,7 +40,7 @@ def decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode(r).astype(bool)
 
 
-class EvalError(ValueError):
+class EvalError(MalError):
     """The inputs cannot be compared (unreadable file or mismatched boxes)."""
 
 

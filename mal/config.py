@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from .errors import MalError
+
 DECODERS = ("kv", "sam")
 
 
@@ -126,7 +128,7 @@ RECIPES = {
 def recipe(decoder: str) -> Recipe:
     """The defaults for ``decoder`` ("kv" or "sam")."""
     if decoder not in RECIPES:
-        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
+        raise MalError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     return RECIPES[decoder]
 
 
@@ -138,5 +140,5 @@ def with_overrides(r: Recipe, **changes) -> Recipe:
     run = {k: v for k, v in changes.items() if k in ("epochs", "min_area")}
     unknown = set(changes) - set(lab) - set(tr) - set(run)
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        raise MalError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     return replace(r, labeler=replace(r.labeler, **lab), train=replace(r.train, **tr), **run)

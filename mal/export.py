@@ -44,8 +44,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .coco_masks import EvalError, index_by_id, load_coco, to_rle
 from .atomic import write_json_atomic
+from .coco_masks import EvalError, index_by_id, load_coco, to_rle
+from .errors import MalError
 
 __all__ = ["FORMATS", "PNG_MODES", "ExportError", "ExportResult", "RoundTrip", "brush_rle", "export",
            "mask_to_polygons", "mask_to_yolo", "yolo_to_mask"]
@@ -59,7 +60,7 @@ WARN_IOU = 0.9
 BRUSH_SIZES = (3, 4, 8, 16)  # widths (bits) of rle-pack's run-length field, as Label Studio writes them
 
 
-class ExportError(ValueError):
+class ExportError(MalError):
     """The input cannot be exported (not a labeled COCO file, bad sizes, bad output folder)."""
 
 

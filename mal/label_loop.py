@@ -21,12 +21,13 @@ from .chunk_merge import MergeOutcome, merge_and_clean
 from .chunks import ChunkPlan, parse_shard
 from .data.coco import BoxDataset, ImageGroup, load_boxes
 from .data.dataset import collate_single
+from .errors import MalError
 from .job import job_manifest, open_for_labeling, open_for_merge
 
 log = logging.getLogger("mal")
 
 
-class LabelError(RuntimeError):
+class LabelError(MalError, RuntimeError):
     """Labeling cannot go on (e.g. an unreadable image without --skip-bad-images)."""
 
 
@@ -91,7 +92,7 @@ class ImageLabeler(Protocol):
 def check_strict(strict: bool, skip_bad_images: bool) -> bool:
     """``strict``, refusing it together with ``skip_bad_images``."""
     if strict and skip_bad_images:
-        raise ValueError("--strict and --skip-bad-images contradict each other (--strict makes every "
+        raise MalError("--strict and --skip-bad-images contradict each other (--strict makes every "
                          "skip an error); pass one of them")
     return strict
 

@@ -21,6 +21,7 @@ import torch
 from .data.crops import box_mask, paste_mask
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
+from .errors import MalError
 from .modeling.labeler import MaskLabeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
@@ -116,12 +117,12 @@ def check_boxes(boxes_xyxy, height: int, width: int) -> np.ndarray:
     if b.ndim == 1:
         b = b[None]
     if b.ndim != 2 or b.shape[1] != 4:
-        raise ValueError(f"boxes must be (N, 4) x0, y0, x1, y1; got shape {np.shape(boxes_xyxy)}")
+        raise MalError(f"boxes must be (N, 4) x0, y0, x1, y1; got shape {np.shape(boxes_xyxy)}")
     c = np.stack([b[:, 0].clip(0, width), b[:, 1].clip(0, height), b[:, 2].clip(0, width),
                   b[:, 3].clip(0, height)], 1)
     for i, (raw, box) in enumerate(zip(b, c)):
         if not np.isfinite(raw).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            raise ValueError(f"box {i} {raw.tolist()} has no size, is not finite, or is under 1 px inside "
+            raise MalError(f"box {i} {raw.tolist()} has no size, is not finite, or is under 1 px inside "
                              f"the {width}x{height} image")
     return c
 

@@ -60,3 +60,18 @@ def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):
     # stray logging error of the earlier runs' closed capture streams)
     assert rc == 2 and "--resume needs the settings the run was started with" in last
     assert "last.ckpt" in last and "train.lr: 0.0001 in the checkpoint, 0.001 now" in last
+
+
+def test_a_bug_keeps_its_traceback_while_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    import mal.compare
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")  # not a MalError: must not be hidden as a user error
+
+    monkeypatch.setattr(mal.compare, "compare", broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["compare", "--gt", str(tmp_path / "gt.json"), str(tmp_path / "p.json")])
+    monkeypatch.undo()
+    assert main(["compare", "--gt", str(tmp_path / "gt.json"), str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gt.json" in err[0]

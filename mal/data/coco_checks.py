@@ -10,6 +10,8 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+from ..errors import MalError
+
 logger = logging.getLogger("mal")
 
 _MAX_PROBLEM_LINES = 20
@@ -19,7 +21,7 @@ _MAX_LOGGED_WARNINGS = 20
 _CLIP_WARN_EPS = 1e-3
 
 
-class CocoError(ValueError):
+class CocoError(MalError):
     """The COCO file is unusable; the message lists every problem found."""
 
 

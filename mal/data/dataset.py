@@ -9,8 +9,16 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2 as T
 
+from ..errors import MalError
 from .coco import BoxDataset, BoxRecord
-from .crops import box_in_crop, box_mask, crop_and_resize, expand_box, random_ratios, xywh_to_xyxy
+from .crops import (
+    box_in_crop,
+    box_mask,
+    crop_and_resize,
+    expand_box,
+    random_ratios,
+    xywh_to_xyxy,
+)
 from .images import ImageError, read_sized_image
 
 log = logging.getLogger("mal")
@@ -44,7 +52,7 @@ class TrainCrops(Dataset):
         self.data = data
         self.records = [r for r in data.records if r.bbox[2] * r.bbox[3] >= min_area]
         if not self.records:
-            raise ValueError(f"no box has an area of at least {min_area:g} px "
+            raise MalError(f"no box has an area of at least {min_area:g} px "
                              f"({len(data.records)} boxes); lower --min-area")
         self.singles = [[r] for r in self.records]  # one "group" per box for read_first_readable
         self.size = crop_size
@@ -153,7 +161,7 @@ class TrainImages(Dataset):
             if r.bbox[2] * r.bbox[3] >= min_area:
                 groups.setdefault(r.image_id, []).append(r)
         if not groups:
-            raise ValueError(f"no box has an area of at least {min_area:g} px "
+            raise MalError(f"no box has an area of at least {min_area:g} px "
                              f"({len(data.records)} boxes); lower --min-area")
         self.groups = list(groups.values())
         self.num_boxes = sum(len(g) for g in self.groups)

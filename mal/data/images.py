@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import MalError
+
 log = logging.getLogger("mal")
 
 __all__ = ["ImageError", "read_rgb"]
 
 
-class ImageError(ValueError):
+class ImageError(MalError):
     """An image could not be read; the message always names the file."""
 
 

@@ -10,6 +10,7 @@ Any engine labels a COCO file with :func:`label_with_engine`, or one image in me
 """
 from __future__ import annotations
 
+from ..errors import MalError
 from .base import Engine, label_with_engine
 
 __all__ = ["Engine", "ENGINE_NAMES", "build_engine", "label_with_engine"]
@@ -33,7 +34,7 @@ def build_engine(name: str, **kwargs) -> Engine:
         return SamEngine(**kwargs)
     if key == "mal":
         if "model" not in kwargs:
-            raise ValueError("build_engine('mal') needs model= (a `mal train` run directory or .ckpt)")
+            raise MalError("build_engine('mal') needs model= (a `mal train` run directory or .ckpt)")
         from .mal import MalEngine
         return MalEngine(**kwargs)
-    raise ValueError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINE_NAMES)}")
+    raise MalError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINE_NAMES)}")

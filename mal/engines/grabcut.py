@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from ..data.crops import box_mask
+from ..errors import MalError
 
 _K = 5  # OpenCV GrabCut uses 5 Gaussian components per model (bgdModel/fgdModel are 1 x 65 doubles)
 _MIN_BG_PIXELS = 20  # k-means needs samples; fewer background pixels than this is no colour model
@@ -62,7 +63,7 @@ class GrabCutEngine:
         """iterations: GrabCut iterations; the window around each box extends it by
         ``max(min_margin, margin * longest box side)`` pixels per side (clipped to the image)."""
         if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}")
+            raise MalError(f"iterations must be >= 1, got {iterations}")
         self.iterations = int(iterations)
         self.margin = float(margin)
         self.min_margin = int(min_margin)

@@ -15,8 +15,8 @@ class MalEngine:
     def __init__(self, model, **kwargs):
         """model: a `mal train` run directory or .ckpt, or a MaskLabeler; ``kwargs``: MaskPredictor's
         (device, precision, batch_size, threshold, expand)."""
-        from ..modeling.labeler import MaskLabeler, load_labeler
         from ..job import weights_sha256
+        from ..modeling.labeler import MaskLabeler, load_labeler
         model = model if isinstance(model, MaskLabeler) else load_labeler(model)
         self.predictor = MaskPredictor(model, **kwargs)
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),

@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import MalError
+
 __all__ = ["SamEngine", "DEFAULT_SAM_DIR"]
 
 # mal/engines/sam.py -> parents[3] is the folder holding the project root (where shared/ lives).
@@ -75,11 +77,11 @@ class SamEngine:
         enc_in = self.encoder.get_inputs()
         if not enc_in or len(enc_in[0].shape) != 4:
             shape = enc_in[0].shape if enc_in else None
-            raise ValueError(f"{self.encoder_path}: not a SAM image encoder: its first input should be "
+            raise MalError(f"{self.encoder_path}: not a SAM image encoder: its first input should be "
                              f"4-D (1, 3, S, S), got shape {shape}")
         ch, sh, sw = enc_in[0].shape[1:]
         if _static(ch) not in (None, 3) or (_static(sh) and _static(sw) and sh != sw):
-            raise ValueError(f"{self.encoder_path}: not a SAM image encoder: expected input (1, 3, S, S), "
+            raise MalError(f"{self.encoder_path}: not a SAM image encoder: expected input (1, 3, S, S), "
                              f"got {enc_in[0].shape}")
         self.size = _static(sh) or DEFAULT_SIZE
         self.enc_input = enc_in[0].name
@@ -89,7 +91,7 @@ class SamEngine:
         dec_in = {i.name: i for i in self.decoder.get_inputs()}
         missing = [n for n in DECODER_INPUTS if n not in dec_in]
         if missing:
-            raise ValueError(f"{self.decoder_path}: not a SAM decoder export: missing input(s) "
+            raise MalError(f"{self.decoder_path}: not a SAM decoder export: missing input(s) "
                              f"{', '.join(missing)}; it has {', '.join(dec_in) or 'none'} "
                              f"(expected {', '.join(DECODER_INPUTS)})")
         self.dec_inputs = dec_in
@@ -97,7 +99,7 @@ class SamEngine:
         self.out_masks = "masks" if "masks" in outs else outs[0]
         self.out_iou = "iou_predictions" if "iou_predictions" in outs else outs[1] if len(outs) > 1 else None
         if self.out_iou is None:
-            raise ValueError(f"{self.decoder_path}: not a SAM decoder export: expected outputs masks and "
+            raise MalError(f"{self.decoder_path}: not a SAM decoder export: expected outputs masks and "
                              f"iou_predictions, got {', '.join(outs)}")
         mshape = dec_in["mask_input"].shape
         self.mask_input_hw = tuple(_static(d) or 256 for d in mshape[-2:]) if len(mshape) == 4 else (256, 256)
@@ -115,7 +117,7 @@ class SamEngine:
         try:
             return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise ValueError(f"{path}: cannot load ONNX model: {e}") from e
+            raise MalError(f"{path}: cannot load ONNX model: {e}") from e
 
     def _dtype(self, name: str):
         return _NP_TYPES.get(self.dec_inputs[name].type, np.float32)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import DECODERS, LabelerConfig  # noqa: F401  (LabelerConfig: re-exported)
+from ..errors import MalError
 from .decoder import MaskDecoder
 from .encoder import Encoder, build_encoder
 from .neck import SamNeck, load_neck_weights
@@ -40,16 +41,16 @@ class MaskLabeler(nn.Module):
     def __init__(self, encoder: Encoder, config: LabelerConfig):
         super().__init__()
         if config.decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, not {config.decoder!r}")
+            raise MalError(f"decoder must be one of {', '.join(DECODERS)}, not {config.decoder!r}")
         if config.view not in ("crop", "image") or (config.view == "image" and config.decoder != "sam"):
-            raise ValueError(f"view must be 'crop' or, with the sam decoder, 'image'; not {config.view!r} "
+            raise MalError(f"view must be 'crop' or, with the sam decoder, 'image'; not {config.view!r} "
                              f"with decoder {config.decoder!r}")
         self.config = config
         self.encoder = encoder
         stride = encoder.stride(config.crop_size)
         if config.decoder == "sam":
             if stride != 16:
-                raise ValueError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "
+                raise MalError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "
                                  f"{config.backbone} has stride {stride} at crop {config.crop_size}")
             self.neck = SamNeck(encoder.out_channels)
             self.decoder = SamBoxDecoder()
@@ -98,7 +99,7 @@ def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, s
         if decoder_weights is not None:
             load_sam_decoder_weights(model.decoder, decoder_weights)
     elif neck_weights is not None or decoder_weights is not None:
-        raise ValueError("neck / decoder weights are for the sam decoder (LabelerConfig.decoder='sam')")
+        raise MalError("neck / decoder weights are for the sam decoder (LabelerConfig.decoder='sam')")
     return model
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import MalError
+
 ARCHS = ("maskrcnn_timm_fpn", "maskrcnn_r50_fpn")  # mal.segment.model.ARCHS, kept import-free here
 
 
@@ -29,7 +31,7 @@ def _ids(path: Path | None) -> set[int] | None:
             try:
                 ids.add(int(line))
             except ValueError:
-                raise ValueError(f"{path}:{n}: expected an image id, got {line!r}") from None
+                raise MalError(f"{path}:{n}: expected an image id, got {line!r}") from None
     return ids
 
 
@@ -61,7 +63,7 @@ def _pseudo(items: list[str]) -> dict[str, Path]:
         if not sep:  # a bare path: named by its file stem
             name, path = Path(it).stem, it
         if name in out:
-            raise ValueError(f"--pseudo name {name!r} given twice; use NAME=PATH")
+            raise MalError(f"--pseudo name {name!r} given twice; use NAME=PATH")
         out[name] = Path(path)
     return out
 

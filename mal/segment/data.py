@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ..coco_masks import check_same_boxes as same_boxes
 from ..data.coco import BoxDataset, CocoError, load_boxes
 from ..data.dataset import read_image_item
+from ..errors import MalError
 from ..evaluate import EvalError, to_rle
 
 log = logging.getLogger("mal")
@@ -98,12 +99,12 @@ def split_images(coco: dict, *, split_key: str = "coco_split", train_split: str 
         evals = {im["id"] for im in images if im[split_key] == eval_split}
         if not train or not evals:
             found = sorted({str(im[split_key]) for im in images})
-            raise ValueError(f"images' '{split_key}' values are {found}: need both {train_split!r} "
+            raise MalError(f"images' '{split_key}' values are {found}: need both {train_split!r} "
                              f"(training) and {eval_split!r} (evaluation)")
         return train, evals
     frac = 0.5 if eval_fraction is None else eval_fraction
     if not 0 < frac < 1:
-        raise ValueError(f"eval fraction must be between 0 and 1, got {frac}")
+        raise MalError(f"eval fraction must be between 0 and 1, got {frac}")
     ids = np.array(sorted(im["id"] for im in images))
     np.random.default_rng(seed).shuffle(ids)
     n_eval = max(1, round(len(ids) * frac))
@@ -115,14 +116,14 @@ def check_disjoint(coco: dict, train_ids: set[int], eval_ids: set[int]) -> None:
     by_id = {im["id"]: im for im in coco["images"]}
     unknown = sorted((train_ids | eval_ids) - set(by_id))
     if unknown:
-        raise ValueError(f"image ids not in the COCO file: {unknown[:10]}")
+        raise MalError(f"image ids not in the COCO file: {unknown[:10]}")
     shared = sorted(train_ids & eval_ids)
     files = {}
     for i in train_ids:
         files[by_id[i]["file_name"]] = i
     same_file = sorted(by_id[i]["file_name"] for i in eval_ids if by_id[i]["file_name"] in files)
     if shared or same_file:
-        raise ValueError(
+        raise MalError(
             f"train and eval images overlap: {len(shared)} image ids (e.g. {shared[:5]}) and "
             f"{len(same_file)} file names (e.g. {same_file[:5]}) are in both; evaluation images must "
             "never be trained on")

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import lightning as L
 
-from ..data.coco import load_coco_json
 from ..atomic import write_json_atomic
-from .data import check_disjoint, check_same_boxes, class_map, load_instances, split_images
+from ..data.coco import load_coco_json
+from ..errors import MalError
+from .data import (
+    check_disjoint,
+    check_same_boxes,
+    class_map,
+    load_instances,
+    split_images,
+)
 from .evaluate import evaluate_segmenter
 from .model import SegmenterConfig, build_segmenter
 from .train import SegmentTrainConfig, train_segmenter
@@ -44,7 +51,7 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     t0 = time.perf_counter()
     out = Path(out)
     if HUMAN in pseudo:
-        raise ValueError(f"the name {HUMAN!r} is taken by the human masks; name the auto-labels otherwise")
+        raise MalError(f"the name {HUMAN!r} is taken by the human masks; name the auto-labels otherwise")
     data = load_instances(images, gt)
     coco = data.coco
     if train_ids is None or eval_ids is None:

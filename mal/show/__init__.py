@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..coco_masks import EvalError, check_same_boxes, load_coco
 from ..compare import column_names
+from ..errors import MalError
 from ..evaluate import evaluate
-from ..atomic import write_text_atomic
 from .overlays import write_overlays
 from .page import render_page
 from .rows import SORTS, build_rows, check_options, select_rows
@@ -81,7 +82,7 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
 
     rows, rles = build_rows(anns, images, pnames)
     if (sort == "score" or least_sure is not None) and rows and all(r.scores[0] is None for r in rows):
-        raise ValueError(f"{pnames[0]} has no 'score' on its annotations: cannot sort by score or "
+        raise MalError(f"{pnames[0]} has no 'score' on its annotations: cannot sort by score or "
                          "pick the least sure masks")
     order, used, left_out = select_rows(rows, len(anns), sort, least_sure, max_items, cols[0])
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..coco_masks import EvalError, mask_iou, to_rle
+from ..errors import MalError
 
 __all__ = ["SORTS", "Row", "build_rows", "check_options", "select_rows"]
 
@@ -55,12 +56,12 @@ def build_rows(anns: list[dict], images: dict, pnames: list[str]) -> tuple[list[
 def check_options(sort: str, least_sure: int | None, max_items: int | None, n_files: int) -> None:
     """ValueError for options that cannot work, before anything is read or written."""
     if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+        raise MalError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
     if sort == "disagreement" and n_files < 2:
-        raise ValueError("sort 'disagreement' needs at least two prediction files")
+        raise MalError("sort 'disagreement' needs at least two prediction files")
     for name, v in (("max_items", max_items), ("least_sure", least_sure)):
         if v is not None and v < 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
+            raise MalError(f"{name} must be >= 0, got {v}")
 
 
 def select_rows(rows: list[Row], n_files: int, sort: str, least_sure: int | None, max_items: int | None,
