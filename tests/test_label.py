@@ -2,18 +2,12 @@
 import json
 
 import pytest
+from conftest import TINY_KV
 
-from mal.demo import make_scenes
 from mal.label import LabelError, label
 from mal.modeling.labeler import LabelerConfig, build_labeler
 
-TINY = LabelerConfig(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
-                     timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return make_scenes(tmp_path_factory.mktemp("scenes"), num_images=5)
+TINY = LabelerConfig(**TINY_KV)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_KV
 
 from mal.chunk_merge import MergeOutcome, MergeResult, merge_and_clean
 from mal.chunks import PartsError, parse_shard
@@ -27,8 +28,7 @@ from mal.job import open_for_merge
 from mal.label import LabelError, label, merge
 from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
 
-TINY = LabelerConfig(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
-                     timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
+TINY = LabelerConfig(**TINY_KV)
 # Slow enough (~3 ms a crop) that a killed run is caught with most of its chunks still to do.
 SLOW = LabelerConfig(backbone="vit_tiny_patch16_224", crop_size=128, decoder_dim=16,
                      timm_kwargs=dict(depth=2, embed_dim=64, num_heads=2, patch_size=8))
