@@ -23,7 +23,7 @@ from .job import weights_sha256
 from .label_loop import LabelError, LabelSummary, check_strict, label_in_chunks, merge
 from .modeling.labeler import MaskLabeler, load_labeler
 from .output import annotation_out
-from .predictor import decode_probs, to_mask
+from .predictor import decode_maps, to_mask
 from .runtime import resolve_device, resolve_precision
 
 __all__ = ["LabelError", "LabelSummary", "ModelLabeler", "annotation_out", "label", "merge",
@@ -58,13 +58,14 @@ class ModelLabeler:
     def flush(self) -> list[dict]:
         if not self.pending:
             return []
-        probs, ious = decode_probs(self.model, self.pending, self.device, self.precision, self.batch_size)
+        maps, ious = decode_maps(self.model, self.pending, self.device, self.precision, self.batch_size)
+        frame = self.model.config.crop_size if self.model.config.view == "image" else None
         out, j = [], 0
         for it in self.pending:
             H, W = it["image"]["height"], it["image"]["width"]
             for r, win in zip(it["records"], it["windows"]):
-                mask, score, fb = to_mask(probs[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold,
-                                          None if ious is None else ious[j])
+                mask, score, fb = to_mask(maps[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold,
+                                          None if ious is None else ious[j], frame)
                 out.append(annotation_out(r.ann, mask, score, fb))
                 j += 1
         self.pending.clear()

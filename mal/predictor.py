@@ -7,7 +7,7 @@ segment-anything's ``SamPredictor``)::
     masks, scores = predictor.predict(boxes_xyxy)      # (N, H, W) bool, (N,) in [0, 1]
 
 One box's way through the trained labeler: :func:`mal.data.dataset.labeling_crops` (crop or whole-image
-frame, box in crop pixels) -> :func:`decode_probs` (encoder + decoder, in batches) -> :func:`to_mask`
+frame, box in crop pixels) -> :func:`decode_maps` (encoder + decoder, in batches) -> :func:`to_mask`
 (paste back inside the box, threshold, fallback). ``mal label`` (:class:`mal.label.ModelLabeler`) runs
 the same three over a COCO file, batching the boxes of several images; engines go through
 :func:`engine_masks` there and here. An empty mask is never returned: see :func:`to_mask` and
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data.crops import box_mask, paste_mask
+from .data.crops import box_mask, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
 from .errors import MalError
@@ -55,11 +55,12 @@ def embed_crops(model: MaskLabeler, crops: torch.Tensor, device: torch.device, p
         return torch.cat([model.embed(c.to(device)) for c in crops.split(per)])
 
 
-def decode_probs(model: MaskLabeler, items: list[dict], device: torch.device, precision: str,
-                 batch_size: int, feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Foreground probabilities (N, S/4, S/4) over each box's crop window, and SAM's IoU estimate (N,)
-    (None for the K.V decoder), for the boxes of ``items`` (:func:`labeling_crops` dicts, in order).
-    ``feats``: the crops' features when already computed (:meth:`MaskPredictor.set_image`)."""
+def decode_maps(model: MaskLabeler, items: list[dict], device: torch.device, precision: str,
+                batch_size: int, feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """What :func:`to_mask` pastes back, (N, S/4, S/4), and SAM's IoU estimate (N,) (None for the K.V
+    decoder), for the boxes of ``items`` (:func:`labeling_crops` dicts, in order): view crop, foreground
+    probabilities over each box's crop window; view image, the logits over the whole frame (upsampled
+    the SAM way). ``feats``: the crops' features when already computed (:meth:`MaskPredictor.set_image`)."""
     crops = torch.cat([it["crops"] for it in items])
     offsets = np.cumsum([0] + [len(it["crops"]) for it in items])
     index = torch.cat([it["crop_index"] + int(o) for it, o in zip(items, offsets)])
@@ -70,17 +71,28 @@ def decode_probs(model: MaskLabeler, items: list[dict], device: torch.device, pr
     with torch.inference_mode(), autocast(device, precision):
         for b, k in zip(boxes.split(batch_size), index.split(batch_size)):
             logits, iou = model.decode(feats, b.to(device), crops.shape[-1], k.to(device))
-            probs.append(torch.sigmoid(logits.float()).cpu())
+            logits = logits.float()
+            probs.append((logits if model.config.view == "image" else torch.sigmoid(logits)).cpu())
             ious.append(None if iou is None else iou.float().cpu())
     return torch.cat(probs).numpy(), None if ious[0] is None else torch.cat(ious).numpy()
 
 
-def to_mask(prob: np.ndarray, window, box_xyxy, height: int, width: int, threshold: float,
-            iou: float | None) -> Result:
-    """One box's crop-window probabilities -> its full-image mask (never outside the box, never empty),
-    score and fallback. The score is SAM's IoU head when the decoder has one, else the maskness."""
-    mask, score, fallback = mask_from_prob(paste_mask(prob, window, height, width, box_xyxy), box_xyxy,
-                                           threshold)
+def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold: float,
+            iou: float | None, frame_size: int | None = None) -> Result:
+    """One box's map from :func:`decode_maps` -> its full-image mask (never outside the box, never empty),
+    score and fallback. The score is SAM's IoU head when the decoder has one, else the maskness.
+
+    ``frame_size`` None (view crop): ``m`` are probabilities over the box's crop window, resized into it.
+    Else (view image): ``m`` are logits over the whole-image frame of that size, upsampled as SAM does
+    (to the frame, cropped to the image, to the image's size: :func:`upsample_in_box`, inside the box)."""
+    if frame_size is None:
+        prob = paste_mask(m, window, height, width, box_xyxy)
+    else:
+        side = float(window[2] - window[0])  # the frame: the image's long side, image at the top left
+        resized = (int(height * frame_size / side + 0.5), int(width * frame_size / side + 0.5))
+        logits = upsample_in_box(m, box_xyxy, resized, (height, width), frame_size)
+        prob = (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
+    mask, score, fallback = mask_from_prob(prob, box_xyxy, threshold)
     if iou is not None and fallback is None:  # the IoU head: the model's own estimate of the mask's quality
         score = float(np.clip(iou, 0.0, 1.0))
     return mask, score, fallback
@@ -186,6 +198,7 @@ class MaskPredictor:
         cfg = self.model.config
         H, W = self.image.shape[:2]
         item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view)
-        probs, ious = decode_probs(self.model, [item], self.device, self.precision, self.batch_size, self._feats)
-        return [to_mask(p, win, box, H, W, self.threshold, None if ious is None else ious[j])
-                for j, (p, win, box) in enumerate(zip(probs, item["windows"], boxes))]
+        maps, ious = decode_maps(self.model, [item], self.device, self.precision, self.batch_size, self._feats)
+        frame = cfg.crop_size if cfg.view == "image" else None
+        return [to_mask(p, win, box, H, W, self.threshold, None if ious is None else ious[j], frame)
+                for j, (p, win, box) in enumerate(zip(maps, item["windows"], boxes))]

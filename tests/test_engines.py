@@ -123,7 +123,7 @@ def test_box_local_upsampling_equals_sams_full_image_postprocessing():
     import torch
     import torch.nn.functional as F
 
-    from mal.engines.sam import upsample_in_box
+    from mal.data.crops import upsample_in_box
     rng = np.random.default_rng(0)
     for H, W in [(480, 640), (427, 640), (333, 500)]:
         h, w = int(H * 1024 / max(H, W) + 0.5), int(W * 1024 / max(H, W) + 0.5)
@@ -132,7 +132,7 @@ def test_box_local_upsampling_equals_sams_full_image_postprocessing():
         full = F.interpolate(full, (H, W), mode="bilinear", align_corners=False)[0, 0].numpy()
         for _ in range(10):
             (x0, x1), (y0, y1) = np.sort(rng.uniform(0, W, 2)), np.sort(rng.uniform(0, H, 2))
-            got = upsample_in_box(low, (x0, y0, x1, y1), (h, w), (H, W))
+            got = upsample_in_box(low.numpy(), (x0, y0, x1, y1), (h, w), (H, W))
             inside = np.zeros((H, W), bool)
             inside[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
             assert np.abs(got - full)[inside].max() < 1e-5 and not got[~inside].any()

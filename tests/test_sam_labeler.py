@@ -74,11 +74,11 @@ def test_image_view_zero_shot_is_the_sam_engine(tmp_path):
     engine = build_engine("sam", encoder_path=require(SAM_ENCODER_ONNX), decoder_path=SAM_DECODER_ONNX)
     label_with_engine(engine, COCO_MINI / "images", tmp_path / "sub.json", tmp_path / "onnx.json",
                       num_workers=0, progress=False)
-    # Same model; they differ in resampling only (the engine upsamples logits in two steps, mal
-    # probabilities in one): a pixel or so on each edge, which matters only for tiny masks.
+    # Same model and the same two-step upsampling of logits (measured pooled 0.995, mean 0.986: the
+    # engine's ONNX Resize vs ours, and resizing the padded frame vs the image alone, differ slightly).
     pooled = _miou(tmp_path / "onnx.json", tmp_path / "torch.json", pooled=True)
     mean = _miou(tmp_path / "onnx.json", tmp_path / "torch.json")
-    assert len(sub["annotations"]) > 10 and pooled > 0.97 and mean > 0.9, (pooled, mean)
+    assert len(sub["annotations"]) > 10 and pooled > 0.99 and mean > 0.98, (pooled, mean)
 
 
 def test_loss_windows_follow_the_crop_geometry():

