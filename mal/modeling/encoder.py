@@ -68,6 +68,10 @@ class Encoder(nn.Module):
         self.std = tuple(model.pretrained_cfg.get("std", timm.data.IMAGENET_DEFAULT_STD))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # forward_features, not timm's forward_intermediates(output_fmt="NCHW"): for most models its
+        # last map holds the same values, but not for all (EfficientNet/MobileNet: forward_features
+        # adds the conv head, 1280 channels = num_features, vs 320), ViTs then come in another memory
+        # layout, and some timm models have no forward_intermediates.
         f = self.model.forward_features(x)
         if f.ndim == 3:  # (B, N, C) tokens
             f = f[:, getattr(self.model, "num_prefix_tokens", 0):]
@@ -88,7 +92,10 @@ class Encoder(nn.Module):
 
     def train(self, mode: bool = True) -> "Encoder":
         # Batch statistics of a few crops are noisy, and some checkpoints (e.g. the SAM TinyViT) have
-        # BatchNorm folded into the convs: every BatchNorm keeps using its stored statistics.
+        # BatchNorm folded into the convs: every BatchNorm keeps using its stored statistics. (Not
+        # timm's freeze_batch_norm_2d: it swaps in FrozenBatchNorm2d, whose weight and bias are
+        # buffers that no longer train, drops num_batches_tracked from the saved weights and computes
+        # the norm with other arithmetic.)
         super().train(mode)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -96,14 +103,41 @@ class Encoder(nn.Module):
         return self
 
     @torch.no_grad()
-    def stride(self, size: int = 256) -> int:
+    def measure_stride(self, size: int = 256) -> int:
+        """Input pixels per feature-map cell at input side ``size``, measured by one forward pass of
+        a blank (1, 3, size, size) image in eval mode.
+
+        Measured, not read from ``patch_size`` / ``feature_info``: a mal variant may change a stage's
+        stride without updating timm's feature_info (tiny_vit_5m_sam: 16, feature_info says 32), and
+        at a size the stride does not divide the grid rounds (resnet at 100 px: 4 cells, 25 px each)."""
         was = self.training
         self.eval()
         f = self(torch.zeros(1, 3, size, size))
         self.train(was)
         return size // f.shape[-1]
 
+    stride = measure_stride  # the former name, until its callers (modeling/labeler.py, tests) move
 
+
+def freeze_leading(module: nn.Module, fraction: float) -> int:
+    """Freeze the first ``fraction`` of a module's parameters (by count, in definition order, which
+    for backbones is input-to-output). Returns the number of frozen parameters."""
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    done = 0
+    for p in params:
+        if done >= fraction * total - 1e-9 or fraction <= 0:
+            break
+        p.requires_grad_(False)
+        done += p.numel()
+    return done
+
+
+# Reading and loading are ours, not timm's load_checkpoint(filter_fn=): it raises a bare
+# FileNotFoundError or torch's RuntimeError (not a WeightsError naming the file and the keys), loads
+# strict or not with no allowance for the unused head, applies a filter that does not fit a converted
+# file without falling back, and reads files otherwise (no "module" wrapper, non-tensors kept,
+# torch.compile's "_orig_mod." stripped: a file refused here would load there).
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
