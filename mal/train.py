@@ -1,25 +1,48 @@
-"""Training of the mask labeler from boxes only: student + EMA teacher, MIL + CRF losses (Lightning)."""
+"""Training of the mask labeler from boxes only: student + EMA teacher, MIL + CRF losses (Lightning).
+
+:func:`train_labeler` builds the run (data, Trainer, :class:`MALModule`) and saves the EMA teacher;
+``mal train`` and :func:`mal.api.train` are this function. The run directory's Trainer, checkpoint
+and --resume are shared with phase 2 (:mod:`mal.runtime`).
+
+About 350 lines: the training step and the run that drives it are kept in one file, as phase 2's
+``segment/train.py`` keeps ``SegmenterModule`` with ``train_segmenter``.
+"""
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-from dataclasses import asdict
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from .config import LabelerConfig, Schedule, TrainConfig, lr_lambda  # noqa: F401  (lr_lambda: re-exported)
+from .config import LabelerConfig, Schedule, TrainConfig, recipe
+from .data.coco import BoxDataset, load_boxes
+from .data.dataset import TrainCrops, TrainImages, collate_images
 from .losses import crf_loss, dice_loss, mil_loss
-from .modeling.labeler import MaskLabeler, build_labeler
+from .modeling.encoder import freeze_leading
+from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
+from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
+                      tensors_sha256)
 
 log = logging.getLogger("mal")
 
+BOXES_PER_IMAGE = 8  # view "image": boxes drawn from each training image per step
+
 
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, for parameters and float buffers.
+
+    Not timm's ModelEmaV3, although its update is bit-identical here (measured, fixed decay): it
+    holds its copy as ``.module``, which would rename the teacher's weights in every checkpoint
+    (``teacher.module.*``), so load_labeler(.ckpt), --resume of existing runs and the replica digest
+    would change."""
     with torch.no_grad():
         for t, s in zip(teacher.parameters(), student.parameters()):
             t.lerp_(s.detach(), 1.0 - momentum)
@@ -28,20 +51,6 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: flo
                 t.lerp_(s, 1.0 - momentum)
             else:
                 t.copy_(s)
-
-
-def freeze_leading(module: torch.nn.Module, fraction: float) -> int:
-    """Freeze the first ``fraction`` of a module's parameters (by count, in definition order, which
-    for backbones is input-to-output). Returns the number of frozen parameters."""
-    params = list(module.parameters())
-    total = sum(p.numel() for p in params)
-    done = 0
-    for p in params:
-        if done >= fraction * total - 1e-9 or fraction <= 0:
-            break
-        p.requires_grad_(False)
-        done += p.numel()
-    return done
 
 
 def freeze_unused(model: MaskLabeler) -> list[str]:
@@ -195,12 +204,11 @@ def module_kwargs(labeler: LabelerConfig, train: TrainConfig, **kw) -> dict:
 
 
 def parameter_digest(module: torch.nn.Module) -> str:
-    """SHA-256 (16 hex digits) of every parameter's name and bytes: equal digests = identical weights."""
-    h = hashlib.sha256()
-    for name, p in module.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """SHA-256 (16 hex digits) of every parameter's name and bytes, in definition order: equal
+    digests = identical weights. The same hash as label.weights_sha256 over another selection
+    (that one: the sorted state dict, buffers included), kept so digests logged by earlier runs
+    stay comparable."""
+    return tensors_sha256(module.named_parameters())[:16]
 
 
 class ReplicaSyncError(RuntimeError):
@@ -241,47 +249,109 @@ class ReplicaSyncCheck(L.Callback):
             log.info("replicas in sync: all %d processes end with parameter digest %s", world, digest)
 
 
-def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int | str, num_nodes: int,
-                  epochs: int, max_steps: int, every: int, progress: bool, callbacks=()) -> L.Trainer:
-    """A Trainer with mal's run layout (shared by `mal train` and `mal segment train`):
-    ``out/checkpoints/last.ckpt`` every ``every`` steps, CSV logs in ``out/logs``.
-    ``accelerator`` "cpu"/"gpu"; ``precision`` "bf16"/"32" (resolved by the caller)."""
-    return L.Trainer(
-        default_root_dir=str(out), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-        precision="bf16-mixed" if precision == "bf16" else "32-true",
-        max_epochs=epochs if max_steps <= 0 else -1, max_steps=max_steps if max_steps > 0 else -1,
-        # No version counter: a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside it.
-        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                       every_n_train_steps=every, enable_version_counter=False),
-                   *callbacks],
-        logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
-        enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
-    )
+def resolve_decoder(decoder: str, backbone: str, neck_weights: str | Path | None = None,
+                    decoder_weights: str | Path | None = None) -> str:
+    """"auto" -> "sam" for SAM's trunk (tiny_vit_5m_sam) when SAM's neck and decoder files are given or
+    in shared/weights (the better labeler, BENCHMARKS.md), else "kv" (any other backbone)."""
+    if decoder != "auto":
+        return decoder
+    if backbone != "tiny_vit_5m_sam":
+        return "kv"
+    try:
+        sam_weight_files(None, neck_weights, decoder_weights)
+    except FileNotFoundError:
+        return "kv"
+    return "sam"
 
 
-def check_same_run(ckpt: Path, hparams: dict) -> None:
-    """--resume continues the run in ``ckpt`` only with the model and losses it was started with:
-    any other ``labeler`` / ``train`` setting (other than the schedule's length) is one clear error
-    instead of a state-dict mismatch deep inside Lightning."""
-    saved = torch.load(str(ckpt), map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    diffs = [f"{group}.{k}: {saved[group].get(k)!r} in the checkpoint, {v!r} now"
-             for group in ("labeler", "train") if isinstance(saved.get(group), dict)
-             for k, v in hparams.get(group, {}).items() if k != "total_steps" and saved[group].get(k) != v]
-    if diffs:
-        raise ValueError(f"{ckpt}: --resume needs the settings the run was started with; "
-                         f"{len(diffs)} differ: " + "; ".join(diffs[:4]))
+def train_dataset(data: BoxDataset, labeler: LabelerConfig, batch_size: int, *, min_area: float,
+                  max_margin: float) -> tuple[TrainCrops | TrainImages, int, int, Callable | None]:
+    """The training set of ``labeler``'s view -> (dataset, items per batch, boxes trained on, collate).
+
+    View "crop": one item per box. View "image": one item per image, with up to BOXES_PER_IMAGE
+    of its boxes, so ``batch_size`` (which counts boxes) becomes images per batch. (Not a
+    LightningDataModule: the loader's batch size and the schedule's length are needed before fit(),
+    when a DataModule's hooks have not run, so it would only move these lines behind them.)"""
+    if labeler.view == "image":
+        ds = TrainImages(data, labeler.crop_size, min_area=min_area, max_margin=max_margin,
+                         boxes_per_image=BOXES_PER_IMAGE)
+        return ds, max(1, batch_size // BOXES_PER_IMAGE), ds.num_boxes, collate_images
+    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
+    return ds, batch_size, len(ds), None
 
 
-def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Path, *, resume: bool,
-                  every: int) -> None:
-    """fit(), from ``out/checkpoints/last.ckpt`` when ``resume``; the last stretch since the periodic
-    checkpoint is saved too, so a later --resume starts from the true end."""
-    last = out / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        log.warning("--resume: no checkpoint at %s; training from the start", last)
-    if resume and last.is_file():
-        check_same_run(last, dict(module.hparams))
-    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
-    if trainer.global_step % every:
-        trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
+def train_labeler(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
+                  labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
+                  weights: str | Path | None = None, strict_weights: bool = True,
+                  neck_weights: str | Path | None = None, decoder_weights: str | Path | None = None,
+                  epochs: int | None = None, max_steps: int = -1, batch_size: int = 16,
+                  min_area: float | None = None, max_margin: float = 1.2, precision: str = "auto",
+                  accelerator: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
+                  num_workers: int = 1, seed: int = 0, resume: bool = False, strict: bool = False,
+                  progress: bool = True) -> Path:
+    """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
+    ``labeler`` / ``train_config`` default to the decoder's recipe (:data:`mal.config.RECIPES`), for
+    the sam decoder when SAM's files are in shared/weights.
+
+    The run directory gets Lightning checkpoints (``checkpoints/last.ckpt``, used by ``resume``),
+    and, at the end, ``model.safetensors`` + ``config.json`` (the EMA teacher) for ``mal label``.
+    With several devices or nodes (or under torchrun) it trains with DDP: ``batch_size`` is per
+    process, each process sees its own share of the boxes, and only rank 0 writes files.
+    ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
+    ``epochs`` and ``min_area`` (boxes smaller than this are not trained on, but all are labeled)
+    default to the decoder's recipe.
+    """
+    out = Path(out)
+    quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
+    labeler = labeler or recipe(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
+                                                decoder_weights)).labeler
+    defaults = recipe(labeler.decoder)
+    cfg = train_config or defaults.train
+    epochs = defaults.epochs if epochs is None else epochs
+    min_area = defaults.min_area if min_area is None else min_area
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
+    ds, batch_size, n_boxes, collate = train_dataset(data, labeler, batch_size, min_area=min_area,
+                                                     max_margin=max_margin)
+
+    acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
+    devices, num_nodes = launcher_world(devices, num_nodes)
+    every = max(1, min(500, max_steps)) if max_steps > 0 else 500  # checkpoint cadence (steps)
+    sync = ReplicaSyncCheck()
+    trainer = build_trainer(out, accelerator=acc, precision=prec, devices=devices, num_nodes=num_nodes,
+                            epochs=epochs, max_steps=max_steps, every=every, progress=progress,
+                            callbacks=[sync])
+    # Lightning gives each process a 1/world share of the boxes (DistributedSampler), so batches
+    # and the schedule's length are counted per process. Counted here, not by Lightning's
+    # trainer.estimated_stepping_batches: that is only right once fit() has started the processes
+    # (trainer.world_size is set then), and the schedule is needed before (module, log, checkpoint).
+    world = trainer.num_devices * trainer.num_nodes
+    per_process = math.ceil(len(ds) / world)
+    loader = DataLoader(ds, batch_size=min(batch_size, per_process), shuffle=True, drop_last=True,
+                        num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=collate)
+    steps = max_steps if max_steps > 0 else epochs * (per_process // loader.batch_size)
+    cfg = replace(cfg, total_steps=steps)
+    unit = "images" if labeler.view == "image" else "crops"
+    log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
+             len(data.records), min_area, steps, world, loader.batch_size, unit)
+    sch = Schedule.of(cfg)
+    log.info("schedule: warm-up %d steps, MIL ramp %d, CRF ramp %d, teacher EMA momentum %.4f",
+             sch.warmup, sch.mil_ramp, sch.crf_ramp, sch.ema_momentum)
+
+    if labeler.decoder == "sam":
+        weights, neck_weights, decoder_weights = sam_weight_files(weights, neck_weights, decoder_weights)
+    module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
+                                       strict_weights=strict_weights,
+                                       neck_weights=str(neck_weights) if neck_weights else None,
+                                       decoder_weights=str(decoder_weights) if decoder_weights else None))
+    t0 = time.perf_counter()
+    fit_resumable(trainer, module, loader, out, resume=resume, every=every)
+    if trainer.is_global_zero:
+        save_labeler(module.teacher, out)
+        secs = time.perf_counter() - t0
+        done = trainer.global_step - sync.start_step
+        log.info("trained %d steps (to step %d) in %.0f s (%.2f %s/s); labeler saved to %s", done,
+                 trainer.global_step, secs, done * loader.batch_size * world / max(secs, 1e-9), unit, out)
+    return out

@@ -2,9 +2,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mal.modeling.encoder import WeightsError, build_encoder, load_encoder_weights
+from mal.config import lr_lambda
+from mal.modeling.encoder import WeightsError, build_encoder, freeze_leading, load_encoder_weights
 from mal.modeling.labeler import LabelerConfig, build_labeler, load_labeler, save_labeler
-from mal.train import ema_update, freeze_leading, lr_lambda
+from mal.train import ema_update
 
 TINY = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
             timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
@@ -12,7 +13,7 @@ TINY = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
 
 def test_labeler_shapes_plain_vit():
     m = build_labeler(LabelerConfig(**TINY))
-    assert m.decoder.in_stride == 8
+    assert m.decoder.in_stride == 8 == m.encoder.measure_stride(64)
     out, iou = m(torch.rand(2, 3, 64, 64) * 255)
     assert out.shape == (2, 16, 16) and iou is None  # stride 4; K.V predicts no IoU
 
@@ -92,3 +93,27 @@ def test_freeze_leading_and_schedule():
     assert frozen == 20 and not m[0].weight.requires_grad and m[1].weight.requires_grad
     assert lr_lambda(0, 10, 100, 0.2) == 0.1 and lr_lambda(9, 10, 100, 0.2) == 1.0
     assert abs(lr_lambda(100, 10, 100, 0.2) - 0.2) < 1e-9
+
+
+def test_one_weights_digest_for_both_hashes():
+    """runtime.tensors_sha256 gives what label.weights_sha256 (sorted state dict, buffers included)
+    and train.parameter_digest (parameters in order, 16 hex digits) computed before they shared it."""
+    import hashlib
+
+    from mal.label import weights_sha256
+    from mal.runtime import tensors_sha256
+    from mal.train import parameter_digest
+
+    def old(named, view):
+        h = hashlib.sha256()
+        for name, t in named:
+            h.update(name.encode())
+            h.update(view(t.detach().cpu().contiguous()).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    m = build_labeler(LabelerConfig(backbone="resnet10t", crop_size=64, decoder_dim=16))  # has int buffers
+    assert any(not b.dtype.is_floating_point for b in m.buffers())
+    state = sorted(m.state_dict().items())
+    assert weights_sha256(m) == old(state, lambda t: t.reshape(-1)) == tensors_sha256(state)
+    assert parameter_digest(m) == old(m.named_parameters(), lambda t: t)[:16] \
+        == tensors_sha256(m.named_parameters())[:16]

@@ -21,8 +21,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..modeling.encoder import Encoder, WeightsError, build_encoder, load_encoder_weights
-from ..train import freeze_leading
+from ..modeling.encoder import Encoder, WeightsError, build_encoder, freeze_leading, load_encoder_weights
+from ..runtime import save_weights
 
 log = logging.getLogger("mal")
 
@@ -162,14 +162,7 @@ MODEL_FILE, CONFIG_FILE = "segmenter.safetensors", "segmenter.json"
 
 def save_segmenter(model: MaskRCNN, cfg: SegmenterConfig, run_dir: str | Path) -> Path:
     """Write segmenter.safetensors + segmenter.json into run_dir (weights atomically)."""
-    from safetensors.torch import save_file
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (MODEL_FILE + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / MODEL_FILE)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
-    return run_dir / MODEL_FILE
+    return save_weights(model, asdict(cfg), run_dir, MODEL_FILE, CONFIG_FILE)
 
 
 def load_segmenter(run_dir: str | Path) -> tuple[MaskRCNN, SegmenterConfig]:

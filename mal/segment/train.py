@@ -10,9 +10,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ..api import launcher_world
-from ..runtime import quiet_lightning, resolve_precision
-from ..train import build_trainer, fit_resumable, lr_lambda
+from ..config import lr_lambda
+from ..runtime import build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision
 from .data import InstanceMasks, class_map, collate, load_instances
 from .model import SegmenterConfig, build_segmenter, save_segmenter
 
