@@ -66,6 +66,7 @@ def first_run(data, tmp_path_factory):
     return run, out
 
 
+@pytest.mark.slow
 def test_two_processes_stay_in_sync_and_only_rank0_writes(first_run):
     run, out = first_run
     d = _digests(out)
@@ -80,6 +81,7 @@ def test_two_processes_stay_in_sync_and_only_rank0_writes(first_run):
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(first_run, data):
     run, out = first_run
     end = _digests(out)[0][0]
@@ -93,6 +95,7 @@ def test_resume_continues_from_last_checkpoint(first_run, data):
     assert not list((run / "checkpoints").glob("last-v*.ckpt"))
 
 
+@pytest.mark.slow
 def test_torchrun_launch_trains_the_same_job(first_run, data, tmp_path):
     _, out = first_run
     port = _free_port()

@@ -25,7 +25,7 @@ def test_output_is_valid_coco_with_true_areas(demo):
     boxes = json.loads((demo["masks"].parent / "data/boxes.json").read_text())
     assert out["images"] == boxes["images"] and out["categories"] == boxes["categories"]
     assert [a["id"] for a in out["annotations"]] == [a["id"] for a in boxes["annotations"]]
-    from mal.masks import decode_rle
+    from mal.coco_masks import decode_rle
     for a, b in zip(out["annotations"], boxes["annotations"]):
         assert a["bbox"] == b["bbox"] and a["image_id"] == b["image_id"] and a["category_id"] == b["category_id"]
         m = decode_rle(a["segmentation"])
