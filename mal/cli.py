@@ -293,13 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from .modeling.encoder import WeightsError
     from .train import ReplicaSyncError
     try:
         args.func(args)
     # User errors (bad files, options, weights; a missing file) are one line; anything else is a bug
     # and keeps its traceback.
-    except (MalError, WeightsError, ReplicaSyncError, FileNotFoundError) as e:
+    except (MalError, ReplicaSyncError, FileNotFoundError) as e:
         print(f"mal {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     return 0

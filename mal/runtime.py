@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .errors import MalError
+
 if TYPE_CHECKING:
     import lightning as L
 
@@ -46,7 +48,7 @@ def cpu_has_fast_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> 'bf16' on CUDA and on CPUs with fast bf16, else '32'."""
     if precision not in ("auto", "bf16", "32"):
-        raise ValueError(f"precision must be auto, bf16 or 32, not {precision!r}")
+        raise MalError(f"precision must be auto, bf16 or 32, not {precision!r}")
     if precision == "auto":
         fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
         return "bf16" if fast else "32"
@@ -109,7 +111,7 @@ def check_same_run(ckpt: Path, hparams: dict) -> None:
              for group in ("labeler", "train") if isinstance(saved.get(group), dict)
              for k, v in hparams.get(group, {}).items() if k != "total_steps" and saved[group].get(k) != v]
     if diffs:
-        raise ValueError(f"{ckpt}: --resume needs the settings the run was started with; "
+        raise MalError(f"{ckpt}: --resume needs the settings the run was started with; "
                          f"{len(diffs)} differ: " + "; ".join(diffs[:4]))
 
 

@@ -16,10 +16,12 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import MalError
+
 log = logging.getLogger("mal")
 
 
-class WeightsError(ValueError):
+class WeightsError(MalError):
     """A checkpoint does not fit the backbone (missing/unexpected keys, shapes) or cannot be read."""
 
 
@@ -87,7 +89,7 @@ class Encoder(nn.Module):
         ratio = (H * W / n) ** 0.5  # the patch size
         gh, gw = round(H / ratio), round(W / ratio)
         if gh * gw != n:
-            raise ValueError(f"cannot arrange {n} tokens of {self.name} into a grid for a {H}x{W} input")
+            raise MalError(f"cannot arrange {n} tokens of {self.name} into a grid for a {H}x{W} input")
         return gh, gw
 
     def train(self, mode: bool = True) -> "Encoder":
@@ -138,7 +140,7 @@ def freeze_leading(module: nn.Module, fraction: float) -> int:
 # strict or not with no allowance for the unused head, applies a filter that does not fit a converted
 # file without falling back, and reads files otherwise (no "module" wrapper, non-tensors kept,
 # torch.compile's "_orig_mod." stripped: a file refused here would load there).
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
@@ -165,7 +167,7 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = T
     Keys under ``head_prefixes`` (the unused classifier: timm ``head.``, torchvision ``fc.``) may be
     missing or extra."""
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
-from .encoder import WeightsError, _read_state_dict
+from .encoder import WeightsError, read_state_dict
 
 
 class SamNeck(nn.Sequential):
@@ -27,7 +27,7 @@ def load_neck_weights(neck: SamNeck, path: str | Path) -> None:
     """Load ``neck.*`` tensors (a neck-only file, or a whole SAM / MobileSAM image-encoder state
     dict) strictly: a missing tensor or a wrong shape raises WeightsError naming the file."""
     path = Path(path)
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     for prefix in ("image_encoder.neck.", "neck."):
         sub = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
         if sub:

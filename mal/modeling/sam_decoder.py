@@ -146,8 +146,8 @@ def load_sam_decoder_weights(model: SamBoxDecoder, path: str | Path) -> None:
     if path.suffix == ".onnx":
         sd = _onnx_state_dict(path)
     else:
-        from .encoder import _read_state_dict
-        sd = {k: v for k, v in _read_state_dict(path).items()
+        from .encoder import read_state_dict
+        sd = {k: v for k, v in read_state_dict(path).items()
               if k.startswith(("prompt_encoder.", "mask_decoder."))}
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

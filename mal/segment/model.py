@@ -21,7 +21,14 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..modeling.encoder import Encoder, WeightsError, build_encoder, freeze_leading, load_encoder_weights
+from ..errors import MalError
+from ..modeling.encoder import (
+    Encoder,
+    WeightsError,
+    build_encoder,
+    freeze_leading,
+    load_encoder_weights,
+)
 from ..runtime import save_weights
 
 log = logging.getLogger("mal")
@@ -78,7 +85,7 @@ class TimmFPN(nn.Module):
             by_stride[probe // f.shape[-1]] = i  # the last map of each stride wins
         keep = sorted((s, i) for s, i in by_stride.items() if s >= min_stride)
         if not keep:
-            raise ValueError(f"{encoder.name}: no feature map with stride >= {min_stride}")
+            raise MalError(f"{encoder.name}: no feature map with stride >= {min_stride}")
         self.strides = [s for s, _ in keep] + [keep[-1][0] * 2, keep[-1][0] * 4]
         self.indices = [i for _, i in keep]
         self.fpn = FeaturePyramidNetwork([feats[i].shape[1] for i in self.indices], out_channels,
@@ -149,12 +156,12 @@ def build_segmenter(cfg: SegmenterConfig, *, weights: str | Path | None = None,
     RGB in 0..1, (3, H, W), any size (resized inside to ``min_size``/``max_size``).
     """
     if not cfg.categories:
-        raise ValueError("SegmenterConfig.categories is empty: the segmenter needs at least one class")
+        raise MalError("SegmenterConfig.categories is empty: the segmenter needs at least one class")
     if cfg.arch == "maskrcnn_timm_fpn":
         return _timm_maskrcnn(cfg, weights, strict)
     if cfg.arch == "maskrcnn_r50_fpn":
         return _r50_maskrcnn(cfg, weights, strict)
-    raise ValueError(f"unknown segmenter arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
+    raise MalError(f"unknown segmenter arch {cfg.arch!r}; choose from {', '.join(ARCHS)}")
 
 
 MODEL_FILE, CONFIG_FILE = "segmenter.safetensors", "segmenter.json"

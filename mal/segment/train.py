@@ -11,7 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import lr_lambda
-from ..runtime import build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision
+from ..errors import MalError
+from ..runtime import (
+    build_trainer,
+    fit_resumable,
+    launcher_world,
+    quiet_lightning,
+    resolve_precision,
+)
 from .data import InstanceMasks, class_map, collate, load_instances
 from .model import SegmenterConfig, build_segmenter, save_segmenter
 
@@ -83,7 +90,7 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
     source = annotations if not isinstance(annotations, dict) else "annotations"
     ds = InstanceMasks(data, ids, cat_to_label, flip=True, source=str(source))
     if len(ds) == 0:
-        raise ValueError(f"{source}: no training image has an instance")
+        raise MalError(f"{source}: no training image has an instance")
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                         collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0)
     steps = max_steps if max_steps > 0 else epochs * len(loader)
