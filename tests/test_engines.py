@@ -147,8 +147,8 @@ def test_sam_torch_decoder_is_the_onnx_decoder_batched():
     from mal.data.images import read_rgb
     coco = json.loads((COCO_MINI / "instances.json").read_text())
     onnx = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, decoder_backend="onnx")
-    batched = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, batch_boxes=16)
-    single = build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, batch_boxes=1)
+    batched, single = (build_engine("sam", encoder_path=SAM_ENCODER, decoder_path=SAM_DECODER, batch_boxes=n,
+                                    decoder_backend="torch") for n in (16, 1))
     ious = []
     for img in coco["images"][:3]:
         rgb = read_rgb(COCO_MINI / "images" / img["file_name"])

