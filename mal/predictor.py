@@ -91,7 +91,8 @@ def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold:
         side = float(window[2] - window[0])  # the frame: the image's long side, image at the top left
         resized = (int(height * frame_size / side + 0.5), int(width * frame_size / side + 0.5))
         logits = upsample_in_box(m, box_xyxy, resized, (height, width), frame_size)
-        prob = (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
+        with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for very negative logits: prob 0
+            prob = (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
     mask, score, fallback = mask_from_prob(prob, box_xyxy, threshold)
     if iou is not None and fallback is None:  # the IoU head: the model's own estimate of the mask's quality
         score = float(np.clip(iou, 0.0, 1.0))
