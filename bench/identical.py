@@ -74,8 +74,9 @@ def main(argv=None) -> int:
     merge(gt, a.out / "kv_merged.json", work_dir=a.out / "kv_shards.json.parts")
     outs["kv_merged"] = a.out / "kv_merged.json"
     (a.out / "eval.json").write_text(json.dumps(evaluate(gt, outs["sam"]), sort_keys=True))
-    (a.out / "compare.json").write_text(json.dumps(compare(gt, [outs["sam"], outs["box"], outs["kv"]]),
-                                                   sort_keys=True))
+    cmp = compare(gt, [outs["sam"], outs["box"], outs["kv"]])
+    cmp.pop("gt", None), cmp.pop("files", None)  # paths, which differ between --out folders
+    (a.out / "compare.json").write_text(json.dumps(cmp, sort_keys=True))
     outs["eval"], outs["compare"] = a.out / "eval.json", a.out / "compare.json"
     hashes = {k: sha(v) for k, v in sorted(outs.items())}
     (a.out / "hashes.json").write_text(json.dumps(hashes, indent=2))
