@@ -99,7 +99,7 @@ def table(rows: list[dict]) -> str:
         f = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
         lines.append(f"{r['row']:10} {r['miou_instance']:6.3f} {r['miou_class']:6.3f} {s['small']:6.3f} "
                      f"{s['medium']:6.3f} {s['large']:6.3f} {r['ap']['AP']:6.3f} {r['boxes_per_s']:8.1f} "
-                     f"{r.get('train_seconds', 0):8.0f} {r['peak_rss_mb']:8d} {f(q.get('spearman'))} "
+                     f"{r.get('train_seconds') or 0:8.0f} {r['peak_rss_mb']:8d} {f(q.get('spearman'))} "
                      f"{f(q.get('auroc_low_iou')):>6}")
     return "\n".join(lines)
 
