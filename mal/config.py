@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from .errors import MalError
 
 DECODERS = ("kv", "sam")
+ARCHS = ("maskrcnn_timm_fpn", "maskrcnn_r50_fpn")  # phase-2 segmenters (mal.segment.model)
 
 
 @dataclass

@@ -19,8 +19,8 @@ def test_tinyvit_sam_loads_strictly():
 def test_sam_variant_differs_from_plain_tinyvit_by_stride():
     # Same keys, so a plain tiny_vit_5m_224 loads them too; only the variant has overall stride 16.
     enc = build_encoder("tiny_vit_5m_224", weights=require(TINYVIT_SAM), img_size=224)
-    assert enc.stride(224) == 32
-    assert build_encoder("tiny_vit_5m_sam", img_size=224).stride(224) == 16
+    assert enc.measure_stride(224) == 32
+    assert build_encoder("tiny_vit_5m_sam", img_size=224).measure_stride(224) == 16
 
 
 def test_coco_mini_validates():

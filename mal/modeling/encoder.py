@@ -118,7 +118,6 @@ class Encoder(nn.Module):
         self.train(was)
         return size // f.shape[-1]
 
-    stride = measure_stride  # the former name, until its callers (modeling/labeler.py, tests) move
 
 
 def freeze_leading(module: nn.Module, fraction: float) -> int:

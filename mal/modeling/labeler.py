@@ -47,7 +47,7 @@ class MaskLabeler(nn.Module):
                              f"with decoder {config.decoder!r}")
         self.config = config
         self.encoder = encoder
-        stride = encoder.stride(config.crop_size)
+        stride = encoder.measure_stride(config.crop_size)
         if config.decoder == "sam":
             if stride != 16:
                 raise MalError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "

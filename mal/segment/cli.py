@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import ARCHS
 from ..errors import MalError
-
-ARCHS = ("maskrcnn_timm_fpn", "maskrcnn_r50_fpn")  # mal.segment.model.ARCHS, kept import-free here
 
 
 def _config(a):

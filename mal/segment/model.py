@@ -21,6 +21,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from ..config import ARCHS
 from ..errors import MalError
 from ..modeling.encoder import (
     Encoder,
@@ -33,7 +34,6 @@ from ..runtime import save_weights
 
 log = logging.getLogger("mal")
 
-ARCHS = ("maskrcnn_timm_fpn", "maskrcnn_r50_fpn")
 
 
 @dataclass
