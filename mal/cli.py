@@ -92,6 +92,12 @@ def _label(a) -> None:
                             **chunked))
 
 
+def _export_onnx(a) -> None:
+    from .api import export_onnx
+    out = export_onnx(a.model, a.out)
+    print(f"exported labeler: {out}  (next: mal label --model {out} ...)")
+
+
 def _merge(a) -> None:
     from .api import merge
     print(merge(a.annotations, a.out, work_dir=a.work_dir, keep_parts=a.keep_parts))
@@ -206,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--engine", choices=["mal", "sam", "grabcut", "box"], default="mal",
                     help="mal: the trained labeler (default); sam: zero-shot box-prompted SAM (ONNX); "
                          "grabcut: OpenCV GrabCut; box: the filled box")
-    lb.add_argument("--model", type=Path, help="run directory of `mal train`, or a .ckpt (engine mal)")
+    lb.add_argument("--model", type=Path, help="run directory of `mal train`, a .ckpt, or the directory of "
+                    "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")
     lb.add_argument("--sam-decoder", type=Path, help="SAM prompt encoder + mask decoder ONNX (engine sam)")
     lb.add_argument("--images", required=True, type=Path)
@@ -231,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
+
+    xo = sub.add_parser("export-onnx", help="write a trained labeler as ONNX (encoder.onnx, decoder.onnx, "
+                        "config.json) for `mal label --model DIR` or deployment without torch")
+    xo.add_argument("--model", required=True, type=Path, help="run directory of `mal train`, or a .ckpt")
+    xo.add_argument("--out", required=True, type=Path, help="output directory")
+    xo.set_defaults(func=_export_onnx)
 
     mg = sub.add_parser("merge", help="write the output of a sharded `mal label` job from its chunks")
     mg.add_argument("--annotations", required=True, type=Path, help="the input COCO file the job labeled")

@@ -8,7 +8,6 @@ compared), ``input_sha256`` (:attr:`mal.data.coco.BoxDataset.input_sha256`), ``l
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -89,11 +88,10 @@ def _differences(found: dict, job: dict) -> list[str]:
 
 def weights_sha256(model) -> str:
     """sha256 over a model's state dict (names and raw tensor bytes): the same weights, whatever
-    file or object they came from, give the same hash (the MAL model's part of its identity).
-    ``model``: a torch module (torch is imported only here: merging needs no torch)."""
-    import torch
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    file or object they came from, give the same hash (the MAL model's part of its identity); an
+    ONNX export's is over its files. ``model``: a torch module (torch is imported only here: merging
+    needs no torch) or an :class:`~mal.modeling.onnx_labeler.OnnxLabeler`."""
+    if hasattr(model, "sha256"):
+        return model.sha256
+    from .runtime import tensors_sha256
+    return tensors_sha256(sorted(model.state_dict().items()))

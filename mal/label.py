@@ -21,7 +21,7 @@ from .data.crops import xywh_to_xyxy
 from .data.dataset import ImageCrops
 from .job import weights_sha256
 from .label_loop import LabelError, LabelSummary, check_strict, label_in_chunks, merge
-from .modeling.labeler import MaskLabeler, load_labeler
+from .modeling.labeler import MaskLabeler, is_labeler, load_labeler
 from .output import annotation_out
 from .predictor import decode_maps, to_mask
 from .runtime import resolve_device, resolve_precision
@@ -92,7 +92,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per local process
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    if not isinstance(model, MaskLabeler):
+    if not is_labeler(model):
         model = load_labeler(model)
     model = model.to(dev).eval()
     expand = model.config.label_expand if expand is None else expand

@@ -22,7 +22,7 @@ from .data.crops import box_mask, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
 from .errors import MalError
-from .modeling.labeler import MaskLabeler, load_labeler
+from .modeling.labeler import MaskLabeler, is_labeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
 Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)
@@ -152,8 +152,8 @@ class MaskPredictor:
 
     def __init__(self, model, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,
                  threshold: float = 0.5, expand: float | None = None):
-        self.engine = None if isinstance(model, MaskLabeler) else model
-        self.model = model if isinstance(model, MaskLabeler) else None
+        self.engine = None if is_labeler(model) else model
+        self.model = model if is_labeler(model) else None
         self.batch_size, self.threshold = batch_size, threshold
         if self.model is not None:
             self.device = resolve_device(device)
@@ -166,7 +166,8 @@ class MaskPredictor:
 
     @classmethod
     def from_run(cls, run, **kwargs) -> "MaskPredictor":
-        """A predictor for a `mal train` run directory or .ckpt (``kwargs``: see the class)."""
+        """A predictor for a `mal train` run directory or .ckpt, or a `mal export-onnx` directory
+        (``kwargs``: see the class)."""
         return cls(load_labeler(run), **kwargs)
 
     def set_image(self, image) -> None:

@@ -13,11 +13,11 @@ class MalEngine:
     name = "mal"
 
     def __init__(self, model, **kwargs):
-        """model: a `mal train` run directory or .ckpt, or a MaskLabeler; ``kwargs``: MaskPredictor's
+        """model: a `mal train` run directory or .ckpt, a `mal export-onnx` directory, or a labeler; ``kwargs``: MaskPredictor's
         (device, precision, batch_size, threshold, expand)."""
         from ..job import weights_sha256
-        from ..modeling.labeler import MaskLabeler, load_labeler
-        model = model if isinstance(model, MaskLabeler) else load_labeler(model)
+        from ..modeling.labeler import is_labeler, load_labeler
+        model = model if is_labeler(model) else load_labeler(model)
         self.predictor = MaskPredictor(model, **kwargs)
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),
                          "threshold": self.predictor.threshold, "expand": self.predictor.expand}

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data.crops import upsample_in_box
 from ..errors import MalError
+from ..ort import open_session
 
 __all__ = ["SamEngine", "DEFAULT_SAM_DIR"]
 
@@ -50,15 +51,6 @@ def _static(d) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
-def _num_threads() -> int:
-    try:
-        import torch
-        n = torch.get_num_threads()
-    except Exception:  # torch is a project dependency, but the engine does not need it otherwise
-        n = 0
-    return max(1, n or os.cpu_count() or 1)
-
-
 class SamEngine:
     name = "sam"
 
@@ -70,18 +62,14 @@ class SamEngine:
         decoder_backend: "onnx" (the export as it is) or "torch" (batched, box-local upsampling)."""
         if decoder_backend not in ("torch", "onnx"):
             raise MalError(f"decoder_backend must be 'torch' or 'onnx', not {decoder_backend!r}")
-        import onnxruntime as ort
 
         self.encoder_path = Path(encoder_path) if encoder_path is not None else DEFAULT_ENCODER
         self.decoder_path = Path(decoder_path) if decoder_path is not None else DEFAULT_DECODER
         for p, what in ((self.encoder_path, "encoder"), (self.decoder_path, "decoder")):
             if not p.is_file():
                 raise FileNotFoundError(f"SAM {what} model not found: {p}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(num_threads or _num_threads())
-        providers = ["CPUExecutionProvider"]
-        self.encoder = self._session(ort, self.encoder_path, opts, providers)
-        self.decoder = self._session(ort, self.decoder_path, opts, providers)
+        self.encoder = open_session(self.encoder_path, num_threads)
+        self.decoder = open_session(self.decoder_path, num_threads)
 
         # --- encoder interface: one 4-D image input (B, 3, S, S) ---------------------------------
         enc_in = self.encoder.get_inputs()
@@ -126,13 +114,6 @@ class SamEngine:
         self.decoder_seconds = 0.0
         self.images = 0
         self.boxes = 0
-
-    @staticmethod
-    def _session(ort, path: Path, opts, providers):
-        try:
-            return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise MalError(f"{path}: cannot load ONNX model: {e}") from e
 
     def _dtype(self, name: str):
         return _NP_TYPES.get(self.dec_inputs[name].type, np.float32)

@@ -85,7 +85,7 @@ class Encoder(nn.Module):
         return f.contiguous()
 
     def _token_grid(self, x: torch.Tensor, n: int) -> tuple[int, int]:
-        H, W = x.shape[-2:]
+        H, W, n = int(x.shape[-2]), int(x.shape[-1]), int(n)  # ints also while tracing (ONNX export)
         ratio = (H * W / n) ** 0.5  # the patch size
         gh, gw = round(H / ratio), round(W / ratio)
         if gh * gw != n:

@@ -26,8 +26,6 @@ from .sam_decoder import SamBoxDecoder, load_sam_decoder_weights
 OUTPUT_STRIDE = 4
 
 
-
-
 class MaskLabeler(nn.Module):
     """forward: crops (M, 3, S, S) float RGB in 0..255, boxes (N, 4) x0,y0,x1,y1 in crop pixels,
     index (N,) the crop of each box (default: box i in crop i, M = N)
@@ -84,6 +82,16 @@ class MaskLabeler(nn.Module):
         return self.decode(self.embed(crops), boxes, crops.shape[-1], index)
 
 
+def _labelers() -> tuple[type, ...]:
+    from .onnx_labeler import OnnxLabeler
+    return MaskLabeler, OnnxLabeler
+
+
+def is_labeler(obj) -> bool:
+    """A trained labeler (torch :class:`MaskLabeler` or its ONNX export), not an engine or a path."""
+    return isinstance(obj, _labelers())
+
+
 def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, strict: bool = True,
                   neck_weights: str | Path | None = None,
                   decoder_weights: str | Path | None = None) -> MaskLabeler:
@@ -138,10 +146,15 @@ def save_labeler(model: MaskLabeler, run_dir: str | Path) -> Path:
     return run_dir / MODEL_FILE
 
 
-def load_labeler(path: str | Path) -> MaskLabeler:
-    """Load a trained labeler from a run directory (model.safetensors + config.json) or from a
-    Lightning checkpoint (.ckpt) written by ``mal train``."""
+def load_labeler(path: str | Path):
+    """Load a trained labeler from a run directory (model.safetensors + config.json), from a
+    Lightning checkpoint (.ckpt) written by ``mal train``, or from a ``mal export-onnx`` directory
+    (or one of its .onnx files): then an :class:`~.onnx_labeler.OnnxLabeler`."""
+    from .onnx_labeler import OnnxLabeler, export_dir
     path = Path(path)
+    onnx_dir = export_dir(path)
+    if onnx_dir is not None:
+        return OnnxLabeler(onnx_dir)
     if path.is_dir():
         cfg_path, w_path = path / CONFIG_FILE, path / MODEL_FILE
         if not cfg_path.is_file() or not w_path.is_file():
@@ -156,7 +169,8 @@ def load_labeler(path: str | Path) -> MaskLabeler:
         # Label with the EMA teacher: it is the smoother, better model of the two.
         state = {k.removeprefix("teacher."): v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
     else:
-        raise FileNotFoundError(f"{path}: expected a run directory or a .ckpt file")
+        raise FileNotFoundError(f"{path}: expected a `mal train` run directory or .ckpt, or a "
+                                "`mal export-onnx` directory")
     model = build_labeler(config)
     model.load_state_dict(state, strict=True)
     return model.eval()

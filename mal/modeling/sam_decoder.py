@@ -58,7 +58,7 @@ class SamBoxDecoder(nn.Module):
         corners = corners / torch.tensor([W, H], dtype=corners.dtype, device=corners.device)
         emb = pe.pe_layer._pe_encoding(corners)  # (N, 2, 256)
         emb = emb + torch.stack([pe.point_embeddings[2].weight[0], pe.point_embeddings[3].weight[0]])
-        pad = pe.not_a_point_embed.weight.expand(len(boxes), 1, -1)  # the padding point's PE is zeroed
+        pad = pe.not_a_point_embed.weight.expand(boxes.shape[0], 1, -1)  # the padding point's PE is zeroed
         return torch.cat([emb, pad], dim=1)
 
     def forward(self, embeddings: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor | None = None,
@@ -73,14 +73,15 @@ class SamBoxDecoder(nn.Module):
                                  "(image_index)")
             image_index = torch.arange(len(boxes), device=boxes.device) if M == len(boxes) else \
                 torch.zeros(len(boxes), dtype=torch.long, device=boxes.device)
+        n = boxes.shape[0]  # not len(boxes): a traced (ONNX) graph keeps shape[0] dynamic
         sparse = self.embed_boxes(boxes, input_size).to(embeddings.dtype)
         tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0).to(embeddings.dtype)
-        tokens = torch.cat([tokens.expand(len(boxes), -1, -1), sparse], 1)
+        tokens = torch.cat([tokens.expand(n, -1, -1), sparse], 1)
         src = embeddings[image_index] + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        pos = self.prompt_encoder.pe_layer((h, w)).to(src.dtype).unsqueeze(0).expand(len(boxes), -1, -1, -1)
+        pos = self.prompt_encoder.pe_layer((h, w)).to(src.dtype).unsqueeze(0).expand(n, -1, -1, -1)
         hs, src = md.transformer(src, pos, tokens)
         mask_token = hs[:, 1]  # token 0: SAM's single-mask output
-        up = md.output_upscaling(src.transpose(1, 2).reshape(len(boxes), C, h, w))  # (N, 32, 4h, 4w)
+        up = md.output_upscaling(src.transpose(1, 2).reshape(n, C, h, w))  # (N, 32, 4h, 4w)
         hyper = md.output_hypernetworks_mlps[0](mask_token)  # (N, 32)
         logits = torch.einsum("nc,nchw->nhw", hyper, up)
         iou = md.iou_prediction_head(hs[:, 0])[:, 0]
