@@ -86,3 +86,36 @@ def test_crf_loss_has_no_gradient_through_target():
     loss, target = crf_loss(s, torch.full((1, 32, 32), 0.6), img, torch.ones(1, 32, 32), iters=5)
     loss.sum().backward()
     assert not target.requires_grad and s.grad is not None
+
+
+def _reference_refine(image, prob, box_mask, zeta=0.1, iters=100, k=3, clamp=(0.1, 0.9)):
+    """The mean field written out with both labels' energies and a softmax (the form of the paper)."""
+    import torch.nn.functional as F
+    B, C, H, W = image.shape
+
+    def unfold(x):
+        return F.unfold(x, k, padding=k // 2).reshape(B, x.shape[1], k * k, H * W)
+    neigh = unfold(image + 10.0) - (image + 10.0).reshape(B, C, 1, H * W)
+    kernel = torch.exp(-(neigh ** 2).sum(1) / (2 * zeta ** 2))
+    gate = box_mask.reshape(B, 1, H * W)
+    q = (prob.reshape(B, 1, H * W) * gate).clamp(*clamp)
+    for _ in range(iters):
+        q2 = torch.cat([1 - q, q], 1).reshape(B, 2, H, W)
+        energy = (unfold(-torch.log(q2)) * kernel[:, None]).sum(2)
+        unnorm = torch.exp(-(energy - energy.min(1, keepdim=True).values))
+        unnorm[:, 1:] = unnorm[:, 1:] * gate
+        q = (unnorm[:, 1:] / unnorm.sum(1, keepdim=True)).clamp(*clamp)
+    return (q.reshape(B, H, W) > 0.5).float()
+
+
+def test_crf_one_map_form_equals_two_label_softmax():
+    torch.manual_seed(0)
+    img = torch.randn(6, 3, 40, 40) * 0.3
+    img[:, :, 10:30, 8:25] += 1.0  # a region of its own colour, so the refinement has edges to find
+    prob = torch.rand(6, 40, 40)
+    box = torch.zeros(6, 40, 40)
+    box[:, 5:35, 4:36] = 1
+    got = mean_field_refine(img, prob, box, iters=100)
+    ref = _reference_refine(img, prob, box)
+    assert 0.1 < ref.mean() < 0.9  # a non-trivial target
+    assert (got != ref).sum() <= 2, int((got != ref).sum())

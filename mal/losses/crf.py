@@ -42,14 +42,13 @@ def mean_field_refine(image: torch.Tensor, prob: torch.Tensor, box_mask: torch.T
         q = q * gate
     q = q.clamp(lo, hi)
     for _ in range(iters):
-        q2 = torch.cat([1 - q, q], 1).reshape(B, 2, H, W)
-        # Energy of each label: sum over neighbours of affinity * (-log q_neighbour(label)).
-        energy = (_unfold(-torch.log(q2), kernel_size) * kernel[:, None]).sum(2)  # (B, 2, HW)
-        # Softmax over the two labels; subtracting the min keeps exp() finite.
-        unnorm = torch.exp(-(energy - energy.min(1, keepdim=True).values))
+        # Two labels: p(fg) = softmax of the energies -sum_j k_ij log q_j(label) = sigmoid(E_bg - E_fg),
+        # and E_bg - E_fg = sum_j k_ij logit(q_j): one map to unfold per iteration, not two, no softmax.
+        logit = (torch.log(q) - torch.log1p(-q)).reshape(B, 1, H, W)
+        q = torch.sigmoid((_unfold(logit, kernel_size)[:, 0] * kernel).sum(1, keepdim=True))  # (B, 1, HW)
         if gate is not None:
-            unnorm[:, 1:] = unnorm[:, 1:] * gate
-        q = (unnorm[:, 1:] / (unnorm.sum(1, keepdim=True) + 1e-6)).clamp(lo, hi)
+            q = q * gate
+        q = q.clamp(lo, hi)
     return (q.reshape(B, H, W) > 0.5).float()
 
 
