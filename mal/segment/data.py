@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,39 @@ log = logging.getLogger("mal")
 AGNOSTIC = [{"id": 1, "name": "object", "supercategory": "object"}]
 
 
-def class_map(categories: list[dict], class_agnostic: bool) -> tuple[list[dict], dict[int, int]]:
-    """(categories in class-index order, COCO category id -> class index 1..K)."""
+def class_map(categories: list[dict], class_agnostic: bool,
+              category_ids: list[int] | None = None) -> tuple[list[dict], dict[int, int]]:
+    """(categories in class-index order, COCO category id -> class index 1..K), for every category or
+    only ``category_ids`` (a class subset: other classes have no index, so their instances are dropped)."""
+    keep = None if category_ids is None else set(category_ids)
+    cats = sorted((c for c in categories if keep is None or c["id"] in keep), key=lambda c: c["id"])
     if class_agnostic:
-        return AGNOSTIC, {c["id"]: 1 for c in categories}
-    cats = sorted(categories, key=lambda c: c["id"])
+        return AGNOSTIC, {c["id"]: 1 for c in cats}
     return cats, {c["id"]: i + 1 for i, c in enumerate(cats)}
+
+
+def select_classes(coco: dict, classes=None, top: int = 0, image_ids: set[int] | None = None) -> list[int] | None:
+    """COCO category ids of a class subset: ``classes`` by name (or id), or the ``top`` classes with the
+    most non-crowd instances on ``image_ids`` (all images when None; ties: lower id first). None (every
+    class) when neither is given."""
+    if classes and top:
+        raise MalError("give class names or a number of most frequent classes, not both")
+    by_name = {c["name"]: c["id"] for c in coco["categories"]}
+    if classes:
+        ids = {c["id"] for c in coco["categories"]}
+        unknown = [c for c in classes if by_name.get(c, c) not in ids]
+        if unknown:
+            raise MalError(f"unknown classes {unknown}; the file's classes are: {', '.join(by_name)}")
+        return sorted({by_name.get(c, c) for c in classes})
+    if not top:
+        return None
+    if top < 0:
+        raise MalError(f"the number of most frequent classes must be positive, got {top}")
+    counts = Counter(a["category_id"] for a in coco["annotations"]
+                     if not a.get("iscrowd") and (image_ids is None or a["image_id"] in image_ids))
+    if not counts:
+        raise MalError("no instance to count classes on")
+    return sorted(sorted(counts, key=lambda c: (-counts[c], c))[:top])
 
 
 class InstanceMasks(Dataset):
@@ -33,6 +61,8 @@ class InstanceMasks(Dataset):
 
     Item: ``(image, target)``; image (3, H, W) float RGB in 0..1; target ``boxes`` (N, 4) float
     x0,y0,x1,y1, ``labels`` (N,) int64 class indices, ``masks`` (N, H, W) uint8, ``image_id``.
+    Instances of classes without an index in ``cat_to_label`` (a class subset) are left out, and
+    images with none of the kept classes with them.
     ``flip``: random horizontal flip (training). Every annotation must carry a ``segmentation``
     (polygons or RLE); a missing or undecodable one is an error naming the annotation.
     """
@@ -40,7 +70,9 @@ class InstanceMasks(Dataset):
     def __init__(self, data: BoxDataset, image_ids: set[int], cat_to_label: dict[int, int],
                  *, flip: bool = False, source: str = "annotations"):
         self.data = data
-        self.groups = [(e, recs) for e, recs in data.groups if e["id"] in image_ids]
+        kept = ((e, [r for r in recs if r.category_id in cat_to_label]) for e, recs in data.groups
+                if e["id"] in image_ids)
+        self.groups = [(e, recs) for e, recs in kept if recs]
         self.cat_to_label = cat_to_label
         self.flip = flip
         for _, recs in self.groups:  # fail before training, not hours into it

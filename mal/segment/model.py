@@ -48,6 +48,7 @@ class SegmenterConfig:
     backbone: str = "tiny_vit_5m_sam"          # timm name or mal variant (maskrcnn_timm_fpn only)
     categories: list[dict] = field(default_factory=list)  # COCO categories, in class-index order (1..K)
     class_agnostic: bool = False                # one class "object" (id 1); eval maps gt classes to it
+    category_ids: list[int] | None = None       # COCO classes trained on when a subset (None: all); eval keeps these
     min_size: int = 512                         # shorter image side after resizing
     max_size: int = 640                         # longer side cap
     fpn_channels: int = 128

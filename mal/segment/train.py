@@ -19,7 +19,7 @@ from ..runtime import (
     quiet_lightning,
     resolve_precision,
 )
-from .data import InstanceMasks, class_map, collate, load_instances
+from .data import InstanceMasks, class_map, collate, load_instances, select_classes
 from .model import SegmenterConfig, build_segmenter, save_segmenter
 
 log = logging.getLogger("mal")
@@ -69,13 +69,17 @@ class SegmenterModule(L.LightningModule):
 def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str | Path, *,
                     config: SegmenterConfig | None = None, optim: SegmentTrainConfig | None = None,
                     class_agnostic: bool = False, image_ids: set[int] | None = None,
+                    classes: list[str | int] | None = None, top_classes: int = 0,
                     weights: str | Path | None = None, strict_weights: bool = True,
                     epochs: int = 12, max_steps: int = -1, batch_size: int = 2, precision: str = "auto",
                     accelerator: str = "auto", devices: int | str = "auto", num_workers: int = 1,
                     seed: int = 0, resume: bool = False, progress: bool = True) -> Path:
     """Train a Mask R-CNN on the masks of a COCO file; returns the run directory.
 
-    ``image_ids`` restricts training to those images (the retention split). The run directory
+    ``image_ids`` restricts training to those images (the retention split); ``classes`` (names or
+    COCO ids) or ``top_classes`` (the N most frequent on those images) to a class subset: other
+    classes' instances are dropped from the targets and the kept ids are saved in the config
+    (``category_ids``), so that evaluation scores those classes only. The run directory
     gets ``checkpoints/last.ckpt`` (``resume`` continues from it), ``logs/`` (CSV) and, at the end,
     ``segmenter.safetensors`` + ``segmenter.json`` for ``mal segment eval``.
     """
@@ -83,14 +87,16 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
     out = Path(out)
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_instances(images, annotations)
-    cats, cat_to_label = class_map(data.coco["categories"], class_agnostic)
-    cfg = config or SegmenterConfig()
-    cfg = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic})
     ids = {e["id"] for e in data.coco["images"]} if image_ids is None else set(image_ids)
+    keep = select_classes(data.coco, classes, top_classes, ids)
+    cats, cat_to_label = class_map(data.coco["categories"], class_agnostic, keep)
+    cfg = config or SegmenterConfig()
+    cfg = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic,
+                             "category_ids": keep})
     source = annotations if not isinstance(annotations, dict) else "annotations"
     ds = InstanceMasks(data, ids, cat_to_label, flip=True, source=str(source))
     if len(ds) == 0:
-        raise MalError(f"{source}: no training image has an instance")
+        raise MalError(f"{source}: no training image has an instance" + (" of the kept classes" if keep else ""))
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                         collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0)
     steps = max_steps if max_steps > 0 else epochs * len(loader)
