@@ -82,7 +82,34 @@ def test_segment_train_eval_resume_cli(scenes, tmp_path, capsys):
     for t in ("bbox", "segm"):
         assert set(report[t]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
         assert 0.0 <= report[t]["AP"] <= 1.0
-    assert report["images"] == 8
+    assert report["images"] == 8 and report["protocol"] == "full"
+    # mask_only: the same model's masks on the gt boxes (one detection per instance, box AP 1)
+    assert main(["segment", "eval", "--model", str(run), "--images", str(images), "--gt", str(gt),
+                 "--protocol", "mask_only", "--json", str(report_path)]) == 0
+    assert "protocol mask_only" in capsys.readouterr().out
+    mask_only = json.loads(report_path.read_text())
+    assert mask_only["detections"] == len(json.loads(Path(gt).read_text())["annotations"])
+    assert mask_only["bbox"]["AP"] == pytest.approx(1.0) and 0.0 <= mask_only["segm"]["AP"] <= 1.0
+
+
+@pytest.mark.slow
+def test_segment_train_class_subset_cli(scenes, tmp_path, capsys):
+    """--classes: the run keeps one class; its evaluation scores that class only."""
+    images, gt, _ = scenes
+    run = tmp_path / "run"
+    assert main(["segment", "train", "--images", str(images), "--annotations", str(gt), "--out", str(run),
+                 *TINY, "--max-steps", "1", "--classes", "triangle"]) == 0
+    _, cfg = load_segmenter(run)
+    assert cfg.category_ids == [2] and [c["name"] for c in cfg.categories] == ["triangle"]
+    report_path = tmp_path / "ap.json"
+    assert main(["segment", "eval", "--model", str(run), "--images", str(images), "--gt", str(gt),
+                 "--protocol", "mask_only", "--json", str(report_path)]) == 0
+    n_triangles = sum(a["category_id"] == 2 for a in json.loads(Path(gt).read_text())["annotations"])
+    assert json.loads(report_path.read_text())["detections"] == n_triangles
+    capsys.readouterr()
+    assert main(["segment", "train", "--images", str(images), "--annotations", str(gt), "--out", str(run),
+                 *TINY, "--classes", "hexagon"]) == 2
+    assert "unknown classes ['hexagon']" in capsys.readouterr().err
 
 
 def test_segment_train_needs_masks(scenes, tmp_path, capsys):
@@ -96,29 +123,49 @@ def test_segment_train_needs_masks(scenes, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_retention_end_to_end(scenes, tmp_path, capsys):
+    """Two seeds, both protocols, a small bootstrap, through the CLI; "same" is the human file again."""
     images, gt, _ = scenes
     tr, ev = _ids(tmp_path, "train.txt", range(1, 6)), _ids(tmp_path, "eval.txt", range(6, 9))
     ids = {im["id"] for im in json.loads(Path(gt).read_text())["images"]}
     assert ids == set(range(1, 9)), "the scene ids this test assumes"
     rc = main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", f"same={gt}",
                "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(tmp_path / "ret"), *TINY,
-               "--max-steps", "2", "--class-agnostic", "--precision", "32"])
+               "--max-steps", "2", "--class-agnostic", "--precision", "32", "--seeds", "2", "--bootstrap", "20"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "human" in out and "same" in out and "untrained" in out
+    assert "protocol full" in out and "protocol mask_only" in out
     rep = json.loads((tmp_path / "ret" / "retention.json").read_text())
-    assert rep["train_images"] == 5 and rep["eval_images"] == 3
-    h, s, u = rep["models"]["human"], rep["models"]["same"], rep["untrained"]
-    # Every model is scored on the 3 held-out images, and detects something there.
-    assert h["images"] == s["images"] == u["images"] == 3 and h["detections"] > 0 and s["detections"] > 0
-    # The two runs trained: their model scores otherwise than the untrained floor.
-    assert h["segm"] != u["segm"] and h["bbox"] != u["bbox"]
-    # Same labels, same seed, same schedule: byte-identical weights, hence the same AP, and (with an AP
-    # above 0, so that retention is a number) a retention of exactly 1.
+    assert rep["train_images"] == 5 and rep["eval_images"] == 3 and rep["seeds"] == [0, 1]
+    h, s = rep["models"]["human"], rep["models"]["same"]
+    assert [r["seed"] for r in h["runs"]] == [r["seed"] for r in s["runs"]] == [0, 1]
     ret = tmp_path / "ret"
-    assert (ret / "human/segmenter.safetensors").read_bytes() == (ret / "same/segmenter.safetensors").read_bytes()
-    assert s["segm"] == h["segm"] and h["segm"]["AP"] > 0
-    assert s["retention"] == h["retention"] == {"bbox": 1.0, "segm": 1.0}
+    for k in (0, 1):
+        hr, sr = h["runs"][k], s["runs"][k]
+        # Same labels, same seed, same schedule: byte-identical weights, hence the same AP.
+        assert (ret / f"human/seed{k}/segmenter.safetensors").read_bytes() == \
+            (ret / f"same/seed{k}/segmenter.safetensors").read_bytes()
+        for p, u in rep["untrained"].items():
+            # Every model is scored on the 3 held-out images, and detects something there.
+            assert hr[p]["images"] == sr[p]["images"] == u["images"] == 3 and hr[p]["detections"] > 0
+            assert sr[p]["segm"] == hr[p]["segm"]
+        assert hr["full"]["segm"] != rep["untrained"]["full"]["segm"]  # trained: not the floor
+        # mask_only: one detection per held-out gt instance, the gt box itself
+        n_gt = sum(a["image_id"] >= 6 for a in json.loads(Path(gt).read_text())["annotations"])
+        assert hr["mask_only"]["detections"] == n_gt and hr["mask_only"]["bbox"]["AP"] == pytest.approx(1.0)
+    # Another seed, another model.
+    assert (ret / "human/seed0/segmenter.safetensors").read_bytes() != (ret / "human/seed1/segmenter.safetensors").read_bytes()
+    for p in ("full", "mask_only"):
+        assert s[p]["segm"] == h[p]["segm"]
+        ap = h[p]["segm"]["AP"]
+        assert ap["per_seed"] == [r[p]["segm"]["AP"] for r in h["runs"]] and ap["std"] is not None
+        assert ap["min"] <= ap["mean"] <= ap["max"] and ap["lo"] <= ap["hi"]
+        # retention 1 for every seed whose human model scores above 0 (a 2-step model may not); None otherwise
+        defined = [1.0 if r[p]["segm"]["AP"] else None for r in h["runs"]]
+        assert s[p]["retention"]["per_seed"] == defined
+        if None not in defined:
+            assert s[p]["retention"]["mean"] == s[p]["retention"]["lo"] == s[p]["retention"]["hi"] == 1.0
+    assert h["runs"][0]["full"]["segm"]["AP"] > 0  # seed 0: a ratio that is a number
 
 
 def test_retention_refuses_overlapping_images(scenes, tmp_path, capsys):

@@ -37,8 +37,8 @@ def _ids(path: Path | None) -> set[int] | None:
 def _train(a) -> None:
     from .train import train_segmenter
     run = train_segmenter(a.images, a.annotations, a.out, config=_config(a), optim=_optim(a),
-                          class_agnostic=a.class_agnostic, image_ids=_ids(a.image_ids), weights=a.weights,
-                          strict_weights=not a.allow_missing_keys, epochs=a.epochs, max_steps=a.max_steps,
+                          class_agnostic=a.class_agnostic, image_ids=_ids(a.image_ids), classes=a.classes,
+                          top_classes=a.top_classes, weights=a.weights, strict_weights=not a.allow_missing_keys, epochs=a.epochs, max_steps=a.max_steps,
                           batch_size=a.batch_size, precision=a.precision, devices=a.devices,
                           num_workers=a.num_workers, seed=a.seed, resume=a.resume)
     print(f"trained segmenter: {run}  (next: mal segment eval --model {run} ...)")
@@ -47,8 +47,9 @@ def _train(a) -> None:
 def _eval(a) -> None:
     from ..atomic import write_json_atomic
     from .evaluate import evaluate_segmenter, format_ap
-    report = evaluate_segmenter(a.model, a.images, a.gt, image_ids=_ids(a.image_ids), device=a.device,
-                                precision=a.precision, num_workers=a.num_workers)
+    report = evaluate_segmenter(a.model, a.images, a.gt, image_ids=_ids(a.image_ids), protocol=a.protocol,
+                                device=a.device, precision=a.precision, num_workers=a.num_workers)
+    print(f"protocol {a.protocol}")
     print(format_ap(report))
     print(f"{report['images']} images, {report['detections']} detections, {report['seconds']} s")
     if a.json:
@@ -68,13 +69,18 @@ def _pseudo(items: list[str]) -> dict[str, Path]:
 
 
 def _retention(a) -> None:
+    from .evaluate import PROTOCOLS
     from .retention import format_retention, retention
+    if a.seeds < 1:
+        raise MalError(f"--seeds must be at least 1, got {a.seeds}")
     report = retention(a.images, a.gt, _pseudo(a.pseudo), a.out, config=_config(a), optim=_optim(a),
-                       class_agnostic=a.class_agnostic, weights=a.weights, train_ids=_ids(a.train_ids),
+                       class_agnostic=a.class_agnostic, classes=a.classes, top_classes=a.top_classes,
+                       weights=a.weights, train_ids=_ids(a.train_ids),
                        eval_ids=_ids(a.eval_ids), split_key=a.split_key, train_split=a.train_split,
                        eval_split=a.eval_split, eval_fraction=a.eval_fraction, epochs=a.epochs,
-                       max_steps=a.max_steps, batch_size=a.batch_size, seed=a.seed,
-                       untrained=not a.no_untrained, precision=a.precision, num_workers=a.num_workers,
+                       max_steps=a.max_steps, batch_size=a.batch_size,
+                       seeds=range(a.seed, a.seed + a.seeds), bootstrap=a.bootstrap,
+                       protocols=PROTOCOLS if a.protocol == "both" else (a.protocol,), untrained=not a.no_untrained, precision=a.precision, num_workers=a.num_workers,
                        resume=a.resume)
     print(format_retention(report))
     print(f"report: {Path(a.out) / 'retention.json'}")
@@ -89,6 +95,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                                                  "without them the backbone starts from scratch")
     p.add_argument("--allow-missing-keys", action="store_true")
     p.add_argument("--class-agnostic", action="store_true", help="one class 'object' for every box")
+    p.add_argument("--classes", nargs="+", metavar="NAME",
+                   help="keep only these classes (COCO category names): other instances are dropped from "
+                        "the training targets and from the evaluation")
+    p.add_argument("--top-classes", type=int, default=0, metavar="N",
+                   help="keep only the N classes with the most instances on the training images")
     p.add_argument("--min-size", type=int, default=512, help="shorter image side after resizing")
     p.add_argument("--max-size", type=int, default=640, help="longer image side cap")
     p.add_argument("--freeze-backbone", type=float, default=0.0,
@@ -121,6 +132,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--images", required=True, type=Path)
     e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth masks")
     e.add_argument("--image-ids", type=Path, help="evaluate only these images (text file, one id per line)")
+    e.add_argument("--protocol", choices=["full", "mask_only"], default="full",
+                   help="full: the model's detections; mask_only: its masks for the ground-truth boxes "
+                        "(score 1), measuring the mask head alone")
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
     e.add_argument("--num-workers", type=int, default=1)
@@ -142,5 +156,11 @@ def add_parsers(sub) -> None:
     r.add_argument("--eval-fraction", type=float,
                    help="random held-out fraction (seeded) when images carry no split field")
     r.add_argument("--no-untrained", action="store_true", help="skip scoring the untrained model (the floor)")
+    r.add_argument("--seeds", type=int, default=1, metavar="K",
+                   help="train every label set K times, seeds --seed .. --seed+K-1 (run dirs OUT/NAME/seedS)")
+    r.add_argument("--bootstrap", type=int, default=200, metavar="B",
+                   help="bootstrap resamples of the held-out images for the 95%% intervals (0: none)")
+    r.add_argument("--protocol", choices=["full", "mask_only", "both"], default="both",
+                   help="full: the models' detections; mask_only: their masks for the ground-truth boxes")
     _model_args(r)
     r.set_defaults(func=_retention)
