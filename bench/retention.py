@@ -40,6 +40,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", action="store_true", help="per-class models instead of class-agnostic")
     p.add_argument("--classes", nargs="+", metavar="NAME", help="keep only these classes (e.g. person)")
     p.add_argument("--top-classes", type=int, default=0, metavar="N", help="keep the N most frequent training classes")
+    p.add_argument("--images-with-classes", action="store_true",
+                   help="with --classes: train and evaluate only on the images (of each split) holding one of them")
     p.add_argument("--backbone", default="tiny_vit_5m_sam")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--max-steps", type=int, default=-1)
@@ -59,16 +61,30 @@ def label_sets(a) -> dict[str, Path]:
     return sets
 
 
+def split_ids(a) -> tuple[set[int] | None, set[int] | None]:
+    """--images-with-classes: the train2017 / val2017 images with an instance of --classes."""
+    if not a.images_with_classes:
+        return None, None
+    if not a.classes:
+        raise SystemExit("--images-with-classes needs --classes")
+    coco = json.loads((a.data / "instances.json").read_text())
+    cats = {c["id"] for c in coco["categories"] if c["name"] in a.classes}
+    having = {x["image_id"] for x in coco["annotations"] if x["category_id"] in cats}
+    split = {i["id"]: i.get("coco_split") for i in coco["images"]}
+    return ({i for i in having if split[i] == "train2017"}, {i for i in having if split[i] == "val2017"})
+
+
 def run(a, *, config, epochs: int, batch_size: int, precision: str = "auto", num_workers: int = 1) -> dict:
     """retention() with the shared flags; writes OUT/result.json (+ wall time, peak RSS), prints the table."""
     from mal.segment.evaluate import PROTOCOLS
     from mal.segment.retention import format_retention, retention
     from mal.segment.train import SegmentTrainConfig
     t0 = time.perf_counter()
+    train_ids, eval_ids = split_ids(a)
     report = retention(
         a.data / "images", a.data / "instances.json", label_sets(a), a.out, config=config,
         optim=SegmentTrainConfig(lr=a.lr), class_agnostic=not a.per_class, classes=a.classes,
-        top_classes=a.top_classes, weights=a.weights, epochs=epochs, max_steps=a.max_steps,
+        top_classes=a.top_classes, train_ids=train_ids, eval_ids=eval_ids, weights=a.weights, epochs=epochs, max_steps=a.max_steps,
         batch_size=batch_size, seeds=range(a.seed, a.seed + a.seeds), bootstrap=a.bootstrap,
         protocols=PROTOCOLS if a.protocol == "both" else (a.protocol,), untrained=not a.no_untrained, precision=precision,
         num_workers=num_workers)
