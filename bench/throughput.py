@@ -55,12 +55,18 @@ def subset(gt: Path, n: int | None, out: Path) -> Path:
     return path
 
 
-def stage_seconds(prof: pstats.Stats, wall: float) -> dict:
-    cum: dict[str, float] = {}
+def cumulative_by_stage(prof: pstats.Stats, stages: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
+    """Stage -> summed cumulative seconds of its functions ((file suffix, name) pairs) in ``prof``."""
+    cum = dict.fromkeys(stages, 0.0)
     for (file, _, name), (_, _, _, ct, _) in prof.stats.items():
-        for stage, fns in STAGES.items():
+        for stage, fns in stages.items():
             if any(file.endswith(f) and name == n for f, n in fns):
-                cum[stage] = cum.get(stage, 0.0) + ct
+                cum[stage] += ct
+    return cum
+
+
+def stage_seconds(prof: pstats.Stats, wall: float) -> dict:
+    cum = cumulative_by_stage(prof, STAGES)
     out = {k: round(cum.get(k, 0.0), 2) for k in STAGES if k != "to_mask"}
     out["to_mask rest"] = round(cum.get("to_mask", 0) - cum.get("paste-back", 0) - cum.get("threshold", 0), 2)
     out["loop rest"] = round(wall - sum(v for k, v in out.items()), 2)

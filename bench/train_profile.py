@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import SHARED, subset  # noqa: E402
+from throughput import SHARED, cumulative_by_stage, subset  # noqa: E402
 
 STAGES = {
     "data": [("dataset.py", "__getitem__"), ("dataset.py", "collate_images")],
     "embed": [("labeler.py", "embed")],
     "decode": [("labeler.py", "decode")],
-    "CRF target": [("crf.py", "mean_field_refine")],
+    "CRF target": [("crf.py", "mean_field_refine")],  # replaced by its wrapper below
     "MIL + dice": [("mil.py", "mil_loss"), ("dice.py", "dice_loss")],
     "backward": [("__init__.py", "backward")],
     # the functional update, not Optimizer.step: Lightning runs the whole step in step()'s closure
@@ -87,14 +87,8 @@ def main(argv=None) -> int:
         prof.disable()
         wall = time.perf_counter() - t0
         crf.mean_field_refine = original
-        stats = pstats.Stats(prof).stats
-        cum: dict[str, float] = {}
-        for (file, _, fn), (_, _, _, ct, _) in stats.items():
-            for stage, fns in STAGES.items():
-                if any(file.endswith(f) and fn == n for f, n in fns):
-                    cum[stage] = cum.get(stage, 0.0) + ct
         # keep_first wraps the CRF: its time is the CRF's
-        cum["CRF target"] = sum(ct for (file, _, fn), (_, _, _, ct, _) in stats.items() if fn == "keep_first")
+        cum = cumulative_by_stage(pstats.Stats(prof), {**STAGES, "CRF target": [("train_profile.py", "keep_first")]})
         stages = {k: round(cum.get(k, 0.0), 2) for k in STAGES}
         stages["rest (Lightning, logging, first-step setup)"] = round(wall - sum(stages.values()), 2)
         row = {"steps": a.steps, "wall_s": round(wall, 1), "stages_s": stages}

@@ -140,9 +140,9 @@ class OnnxLabeler:
             if not f.is_file():
                 raise OnnxExportError(f"{f}: missing; {d} is not a finished `mal export-onnx` directory")
         for f, role in zip(files[:2], ("encoder", "decoder")):
-            if _role(f) != role:
+            if (found := _role(f)) != role:
                 raise OnnxExportError(f"{f}: not a mal labeler {role} (its '{META_KEY}' metadata says "
-                                      f"{_role(f)!r}); re-export with `mal export-onnx`")
+                                      f"{found!r}); re-export with `mal export-onnx`")
         try:
             self.config = LabelerConfig(**json.loads(files[2].read_text()))
         except (TypeError, ValueError) as e:
