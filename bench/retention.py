@@ -43,7 +43,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-with-classes", action="store_true",
                    help="with --classes: train and evaluate only on the images (of each split) holding one of them")
     p.add_argument("--backbone", default="tiny_vit_5m_sam")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, help="heads' learning rate (default: mal.segment.train.SegmentTrainConfig.lr)")
     p.add_argument("--max-steps", type=int, default=-1)
 
 
@@ -83,7 +83,7 @@ def run(a, *, config, epochs: int, batch_size: int, precision: str = "auto", num
     train_ids, eval_ids = split_ids(a)
     report = retention(
         a.data / "images", a.data / "instances.json", label_sets(a), a.out, config=config,
-        optim=SegmentTrainConfig(lr=a.lr), class_agnostic=not a.per_class, classes=a.classes,
+        optim=SegmentTrainConfig() if a.lr is None else SegmentTrainConfig(lr=a.lr), class_agnostic=not a.per_class, classes=a.classes,
         top_classes=a.top_classes, train_ids=train_ids, eval_ids=eval_ids, weights=a.weights, epochs=epochs, max_steps=a.max_steps,
         batch_size=batch_size, seeds=range(a.seed, a.seed + a.seeds), bootstrap=a.bootstrap,
         protocols=PROTOCOLS if a.protocol == "both" else (a.protocol,), untrained=not a.no_untrained, precision=precision,

@@ -15,6 +15,7 @@ from mal.segment.evaluate import (
     coco_ap,
     coco_evals,
     gt_boxes,
+    mask_miou,
     masks_for_boxes,
     summarize,
     to_coco_results,
@@ -129,13 +130,15 @@ def test_mask_only_scoring_of_human_masks_is_one(scenes, agnostic, classes):
     labels_of = class_labels(cfg, gt["categories"])
     results, n_kept = [], 0
     for entry, records in data.groups:
-        boxes, labels = gt_boxes(records, labels_of)
+        boxes, labels, ann_ids = gt_boxes(records, labels_of)
         kept = [r for r in records if classes is None or r.category_id in classes]
+        assert ann_ids == [r.ann_id for r in kept]
         n_kept += len(kept)
         if not kept:
             continue
         masks = np.stack([mask_utils.decode(r.ann["segmentation"]) for r in kept])
-        results += to_coco_results(entry["id"], boxes, labels, [1.0] * len(labels), masks, cfg)
+        found = to_coco_results(entry["id"], boxes, labels, [1.0] * len(labels), masks, cfg)
+        results += [{**r, "gt_id": i} for r, i in zip(found, ann_ids)]
     assert len(results) == n_kept > 0
     assert {r["category_id"] for r in results} <= ({1} if agnostic else set(classes or [1, 2, 3]))
     ids = {im["id"] for im in gt["images"]}
@@ -143,6 +146,13 @@ def test_mask_only_scoring_of_human_masks_is_one(scenes, agnostic, classes):
     assert r["bbox"]["AP"] == pytest.approx(1.0) and r["segm"]["AP"] == pytest.approx(1.0)
     if classes is not None:  # without the restriction the dropped classes' gt count as missed
         assert coco_ap(gt, results, ids, class_agnostic=agnostic)["segm"]["AP"] < 0.99
+    assert mask_miou(data, results) == pytest.approx(1.0)
+    # A mask emptied: its IoU is 0, so the mean drops by exactly 1/N.
+    empty = mask_utils.encode(np.asfortranarray(np.zeros_like(mask_utils.decode(results[0]["segmentation"]))))
+    empty["counts"] = empty["counts"].decode()
+    broken = [{**results[0], "segmentation": empty}, *results[1:]]
+    assert mask_miou(data, broken) == pytest.approx(1 - 1 / len(results))
+    assert mask_miou(data, []) is None
 
 
 def test_masks_for_boxes_are_pasted_in_the_image_frame():

@@ -90,6 +90,7 @@ def test_segment_train_eval_resume_cli(scenes, tmp_path, capsys):
     mask_only = json.loads(report_path.read_text())
     assert mask_only["detections"] == len(json.loads(Path(gt).read_text())["annotations"])
     assert mask_only["bbox"]["AP"] == pytest.approx(1.0) and 0.0 <= mask_only["segm"]["AP"] <= 1.0
+    assert 0.0 <= mask_only["mIoU"] <= 1.0
 
 
 @pytest.mark.slow
@@ -130,7 +131,8 @@ def test_retention_end_to_end(scenes, tmp_path, capsys):
     assert ids == set(range(1, 9)), "the scene ids this test assumes"
     rc = main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", f"same={gt}",
                "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(tmp_path / "ret"), *TINY,
-               "--max-steps", "2", "--class-agnostic", "--precision", "32", "--seeds", "2", "--bootstrap", "20"])
+               "--max-steps", "2", "--class-agnostic", "--precision", "32", "--seeds", "2", "--bootstrap", "20",
+               "--lr", "2e-4"])  # 2 steps at the default 1e-3 push every score under the threshold
     assert rc == 0
     out = capsys.readouterr().out
     assert "human" in out and "same" in out and "untrained" in out

@@ -16,7 +16,7 @@ def _config(a):
 
 def _optim(a):
     from .train import SegmentTrainConfig
-    return SegmentTrainConfig(lr=a.lr)
+    return SegmentTrainConfig() if a.lr is None else SegmentTrainConfig(lr=a.lr)
 
 
 def _ids(path: Path | None) -> set[int] | None:
@@ -107,7 +107,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, help="heads' learning rate; the backbone's is 0.1x "
+                   "(default: mal.segment.train.SegmentTrainConfig.lr)")
     p.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

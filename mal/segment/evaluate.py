@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..data.coco import BoxDataset, CocoError
 from ..data.dataset import ImageReader, collate_single
 from ..errors import MalError
+from ..evaluate import to_rle
 from ..runtime import autocast, resolve_device, resolve_precision
 from .data import AGNOSTIC, load_instances
 from .intervals import accumulate_ap, match_tables
@@ -62,11 +63,12 @@ def class_labels(cfg: SegmenterConfig, gt_categories: list[dict]) -> dict[int, i
     return dict.fromkeys(cfg.category_ids or [c["id"] for c in gt_categories], 1)
 
 
-def gt_boxes(records, labels_of: dict[int, int]) -> tuple[np.ndarray, list[int]]:
-    """(boxes (N, 4) x0,y0,x1,y1, class indices) of an image's ground-truth records of kept classes."""
+def gt_boxes(records, labels_of: dict[int, int]) -> tuple[np.ndarray, list[int], list[int]]:
+    """(boxes (N, 4) x0,y0,x1,y1, class indices, annotation ids) of an image's ground-truth records of
+    kept classes."""
     kept = [r for r in records if r.category_id in labels_of]
     boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (r.bbox for r in kept)], np.float32).reshape(-1, 4)
-    return boxes, [labels_of[r.category_id] for r in kept]
+    return boxes, [labels_of[r.category_id] for r in kept], [r.ann_id for r in kept]
 
 
 def masks_for_boxes(model: MaskRCNN, image: torch.Tensor, boxes: torch.Tensor,
@@ -104,7 +106,7 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
             raise CocoError(item["error"])
         image = (torch.from_numpy(np.array(item["pixels"])).permute(2, 0, 1).float() / 255).to(dev)
         if gt_boxes_only:
-            boxes, labels = gt_boxes(item["records"], labels_of)
+            boxes, labels, ann_ids = gt_boxes(item["records"], labels_of)
             if not len(boxes):
                 continue
             with torch.inference_mode(), autocast(dev, prec):
@@ -119,8 +121,27 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
             boxes, labels, scores, probs = (out["boxes"].float().cpu().numpy(), out["labels"].tolist(),
                                             out["scores"].tolist(), out["masks"])
         masks = (probs[:, 0] > mask_threshold).cpu().numpy()  # thresholded on the device: 4x less to copy
-        results += to_coco_results(item["image"]["id"], boxes, labels, scores, masks, cfg)
+        found = to_coco_results(item["image"]["id"], boxes, labels, scores, masks, cfg)
+        if gt_boxes_only:  # the annotation each mask is for (pycocotools ignores the extra key)
+            for r, ann_id in zip(found, ann_ids):
+                r["gt_id"] = ann_id
+        results += found
     return results
+
+
+def mask_miou(data: BoxDataset, results: list[dict]) -> float | None:
+    """Mean IoU of mask-only results (``gt_id``: one per ground-truth box) with their human masks:
+    the mask head's quality without AP's ranking (with equal scores, AP falls with the square of the
+    share of good masks). None without results."""
+    if not results:
+        return None
+    by_id = {r.ann_id: (e, r) for e, recs in data.groups for r in recs}
+    ious = []
+    for res in results:
+        e, r = by_id[res["gt_id"]]
+        gt = to_rle(r.ann["segmentation"], int(e["height"]), int(e["width"]), r.ann_id, r.file_name)
+        ious.append(mask_utils.iou([res["segmentation"]], [gt], [0])[0, 0])
+    return float(np.mean(ious))
 
 
 def coco_evals(gt: dict, results: list[dict], image_ids: set[int], *, class_agnostic: bool,
@@ -192,6 +213,8 @@ def evaluate_segmenter(model: str | Path | tuple[MaskRCNN, SegmenterConfig], ima
                       precision=precision, num_workers=num_workers, progress=progress)
     evals = coco_evals(data.coco, results, ids, class_agnostic=cfg.class_agnostic, category_ids=cfg.category_ids)
     report = summarize(evals)
+    if protocol == "mask_only":
+        report["mIoU"] = mask_miou(data, results)
     if resamples is not None:
         report["resampled"] = {t: np.zeros((len(resamples), 3)) if ev is None else accumulate_ap(match_tables(ev), resamples)
                                for t, ev in evals.items()}
@@ -204,4 +227,7 @@ def format_ap(report: dict) -> str:
     rows = [f"{'':6}" + "".join(f"{k:>8}" for k in METRICS)]
     for t in ("bbox", "segm"):
         rows.append(f"{t:6}" + "".join(f"{'-' if v is None else f'{v:.3f}':>8}" for v in report[t].values()))
+    if "mIoU" in report:  # mask_only
+        miou = report["mIoU"]
+        rows.append("mask mIoU with the ground truth: " + ("-" if miou is None else f"{miou:.3f}"))
     return "\n".join(rows)

@@ -95,6 +95,7 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     report: dict = {"train_images": len(train_ids), "eval_images": len(eval_ids), "seeds": seeds,
                     "bootstrap": bootstrap, "protocols": protocols, "epochs": epochs, "max_steps": max_steps,
                     "batch_size": batch_size,
+                    "optim": {k: v for k, v in asdict(optim or SegmentTrainConfig()).items() if k != "total_steps"},
                     "config": {k: v for k, v in asdict(cfg).items()
                                if k not in ("categories", "class_agnostic", "category_ids")},
                     "class_agnostic": class_agnostic,
@@ -153,6 +154,8 @@ def _summarize(report: dict, resampled: dict) -> None:
             s["retention"] = ratio_summary([r[p]["segm"]["AP"] for r in runs],
                                            [r[p]["segm"]["AP"] for r in human[:len(runs)]],
                                            _stack(res, "segm", 0), _stack(h_res, "segm", 0))
+            if p == "mask_only":  # mean IoU with the human masks, over seeds (no resampling)
+                s["mIoU"] = seed_summary([r[p].get("mIoU") for r in runs])
             m[p] = s
 
 
@@ -180,16 +183,18 @@ def format_retention(report: dict) -> str:
     for p in report["protocols"]:
         box = p == "full"  # mask_only detections are the gt boxes: box AP 1 by construction
         rows += ["", TITLES[p], f"{'labels':<12}{'mask AP':<32}{'AP50':>8}{'AP75':>8}"
-                 + (f"  {'box AP':<18}" if box else "  ") + "retention (mask AP)"]
+                 + (f"  {'box AP':<18}" if box else f"  {'mIoU':<16}") + "retention (mask AP)"]
         if "untrained" in report:
             u = report["untrained"][p]
             rows.append(f"{'untrained':<12}{_f(u['segm']['AP']):<32}{_f(u['segm']['AP50']):>8}"
-                        f"{_f(u['segm']['AP75']):>8}" + (f"  {_f(u['bbox']['AP']):<18}" if box else "  "))
+                        f"{_f(u['segm']['AP75']):>8}"
+                        + (f"  {_f(u['bbox']['AP']):<18}" if box else f"  {_f(u.get('mIoU')):<16}"))
         for name, m in report["models"].items():
             if p not in m:
                 continue
             seg = m[p]["segm"]
             rows.append(f"{name:<12}{_cell(seg['AP']):<32}{_f(seg['AP50']['mean']):>8}{_f(seg['AP75']['mean']):>8}"
-                        + (f"  {_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box else "  ")
+                        + (f"  {_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box
+                           else f"  {_cell(m[p]['mIoU']):<16}")
                         + _cell({**m[p]["retention"], "std": None}, pct=True))
     return "\n".join(rows)

@@ -27,7 +27,9 @@ log = logging.getLogger("mal")
 
 @dataclass
 class SegmentTrainConfig:
-    lr: float = 2e-4
+    # 1e-3, not 2e-4: the heads start from scratch. Person-only retention on coco2017_mini (frozen
+    # backbone, 300 steps): 0.044 mask AP against 0.019 at 2e-4 (250 steps); 3e-3 broke the box head.
+    lr: float = 1e-3
     backbone_lr_scale: float = 0.1     # the pretrained backbone moves slower than the new heads
     weight_decay: float = 1e-4
     warmup_steps: int = 50
