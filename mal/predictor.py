@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .data.coco_checks import clip_box
 from .data.crops import box_mask, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
@@ -122,8 +123,8 @@ def engine_masks(engine, image: np.ndarray, boxes_xyxy: np.ndarray, where: str =
 
 
 def check_boxes(boxes_xyxy, height: int, width: int) -> np.ndarray:
-    """(N, 4) x0, y0, x1, y1 pixel-edge boxes, clipped to the image as ``mal label`` clips them; a box
-    that is not finite, has no size, or is under 1 px once clipped is a ValueError naming it."""
+    """(N, 4) x0, y0, x1, y1 pixel-edge boxes, clipped to the image by the rule ``mal label``'s COCO
+    checks use (:func:`mal.data.coco_checks.clip_box`); a box it refuses is an error naming it."""
     b = np.asarray(boxes_xyxy, dtype=np.float64)
     if b.size == 0:
         return b.reshape(0, 4)
@@ -131,13 +132,12 @@ def check_boxes(boxes_xyxy, height: int, width: int) -> np.ndarray:
         b = b[None]
     if b.ndim != 2 or b.shape[1] != 4:
         raise MalError(f"boxes must be (N, 4) x0, y0, x1, y1; got shape {np.shape(boxes_xyxy)}")
-    c = np.stack([b[:, 0].clip(0, width), b[:, 1].clip(0, height), b[:, 2].clip(0, width),
-                  b[:, 3].clip(0, height)], 1)
-    for i, (raw, box) in enumerate(zip(b, c)):
-        if not np.isfinite(raw).all() or box[2] - box[0] < 1 or box[3] - box[1] < 1:
-            raise MalError(f"box {i} {raw.tolist()} has no size, is not finite, or is under 1 px inside "
-                             f"the {width}x{height} image")
-    return c
+    for i, (x0, y0, x1, y1) in enumerate(b.tolist()):
+        _, problem = clip_box(x0, y0, x1 - x0, y1 - y0, width, height)
+        if problem:
+            raise MalError(f"box {i} " + problem.format(box=[x0, y0, x1, y1], image=f"the {width}x{height} image"))
+    return np.stack([b[:, 0].clip(0, width), b[:, 1].clip(0, height), b[:, 2].clip(0, width),
+                     b[:, 3].clip(0, height)], 1)
 
 
 class MaskPredictor:

@@ -80,10 +80,15 @@ def test_bad_calls_are_clear(run):
     with pytest.raises(ImageError, match="shape"):
         predictor.set_image(np.zeros((8, 8, 2), np.uint8))
     predictor.set_image(np.zeros((20, 30, 3), np.uint8))
-    with pytest.raises(ValueError, match="box 1"):
-        predictor.predict([[0, 0, 5, 5], [3, 3, 3, 9]])  # zero width
-    with pytest.raises(ValueError, match="box 0"):
-        predictor.predict([[40, 0, 50, 5]])  # outside the 30 px wide image
+    # The rule and the words of mal label's COCO checks (one clip_box for both).
+    with pytest.raises(ValueError, match="box 1 has zero or negative size"):
+        predictor.predict([[0, 0, 5, 5], [3, 3, 3, 9]])
+    with pytest.raises(ValueError, match=r"box 0 \[40.0, 0.0, 50.0, 5.0\] is entirely outside the 30x20 image"):
+        predictor.predict([[40, 0, 50, 5]])
+    with pytest.raises(ValueError, match=r"box 0 \[29.5, 0.0, 35.0, 5.0\] is smaller than 1 px after clipping to the 30x20 image: w=0.5"):
+        predictor.predict([[29.5, 0, 35, 5]])
+    with pytest.raises(ValueError, match="box 0 contains NaN or inf"):
+        predictor.predict([[0, 0, np.nan, 5]])
     masks, scores = predictor.predict(np.zeros((0, 4)))
     assert masks.shape == (0, 20, 30) and scores.shape == (0,)
     masks, _ = predictor.predict([[-5, 2, 10, 8]])  # partly outside: clipped, as mal label clips it

@@ -88,6 +88,25 @@ def _fmt_box(b: tuple[float, ...] | list) -> str:
 # ---------------------------------------------------------------------------- sections
 
 
+def clip_box(x: float, y: float, w: float, h: float, W: int | None, H: int | None
+             ) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """The one box rule (COCO files and the predictor): ((x, y, w, h) clipped to a W x H image, None),
+    or (None, the problem, with "{box}"/"{image}" for the caller to fill in). A box must be finite, of
+    positive size and, once clipped, at least 1 px each way. W, H None: the image-free checks only."""
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return None, "contains NaN or inf: {box}"
+    if w <= 0 or h <= 0:
+        return None, f"has zero or negative size (w={w:g}, h={h:g})"
+    if W is None or H is None:
+        return (x, y, w, h), None
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(W)), min(y + h, float(H))
+    if x1 <= x0 or y1 <= y0:
+        return None, "{box} is entirely outside {image}"
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        return None, f"{{box}} is smaller than 1 px after clipping to {{image}}: w={x1 - x0:g}, h={y1 - y0:g}"
+    return (x0, y0, x1 - x0, y1 - y0), None
+
+
 def check_categories(categories: list, p: Problems) -> set[int]:
     """The valid, distinct category ids."""
     cat_ids: set[int] = set()
@@ -201,27 +220,14 @@ class AnnotationChecks:
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(_is_number, bbox)):
             self.p.error(f"{name}: bbox must be a list of 4 numbers, got {bbox!r}")
             return None
+        img = self.images.get(iid) if iid is not None else None  # None: unknown or invalid, reported
         x, y, w, h = (float(v) for v in bbox)
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            self.p.error(f"{name}: bbox contains NaN or inf: {bbox!r}")
+        W, H = (None, None) if img is None else (positive_size(img["width"]), positive_size(img["height"]))
+        clipped, problem = clip_box(x, y, w, h, W, H)
+        if problem:
+            self.p.error(f"{name}: bbox {problem.format(box=_fmt_box(bbox), image=f'image id {iid} ({W}x{H})')}")
+        if problem or img is None:
             return None
-        if w <= 0 or h <= 0:
-            self.p.error(f"{name}: bbox has zero or negative size (w={w:g}, h={h:g})")
-            return None
-        img = self.images.get(iid) if iid is not None else None
-        if img is None:
-            return None  # image unknown or itself invalid: already reported
-        W, H = positive_size(img["width"]), positive_size(img["height"])
-        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(W)), min(y + h, float(H))
-        if x1 <= x0 or y1 <= y0:
-            self.p.error(f"{name}: bbox {_fmt_box(bbox)} is entirely outside image id {iid} ({W}x{H})")
-            return None
-        cw, ch = x1 - x0, y1 - y0
-        if cw < 1 or ch < 1:
-            self.p.error(f"{name}: bbox {_fmt_box(bbox)} is smaller than 1 px after clipping to "
-                         f"image id {iid} ({W}x{H}): w={cw:g}, h={ch:g}")
-            return None
-        clipped = (x0, y0, cw, ch)
         if max(abs(a - b) for a, b in zip(clipped, (x, y, w, h))) > _CLIP_WARN_EPS:
             self.clipped += 1
             where = f"{name}: bbox {_fmt_box(bbox)} partly outside image id {iid} ({W}x{H})"
