@@ -45,6 +45,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tiny_vit_5m_sam")
     p.add_argument("--lr", type=float, help="heads' learning rate (default: mal.segment.train.SegmentTrainConfig.lr)")
     p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--resume", action="store_true",
+                   help="continue each run from its last checkpoint (a finished one is only evaluated again)")
 
 
 def label_sets(a) -> dict[str, Path]:
@@ -87,7 +89,7 @@ def run(a, *, config, epochs: int, batch_size: int, precision: str = "auto", num
         top_classes=a.top_classes, train_ids=train_ids, eval_ids=eval_ids, weights=a.weights, epochs=epochs, max_steps=a.max_steps,
         batch_size=batch_size, seeds=range(a.seed, a.seed + a.seeds), bootstrap=a.bootstrap,
         protocols=PROTOCOLS if a.protocol == "both" else (a.protocol,), untrained=not a.no_untrained, precision=precision,
-        num_workers=num_workers)
+        num_workers=num_workers, resume=a.resume)
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     (a.out / "result.json").write_text(json.dumps(report, indent=2))

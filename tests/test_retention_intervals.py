@@ -26,6 +26,7 @@ from mal.segment.intervals import (
     ratio_summary,
     resample_weights,
     seed_summary,
+    weighted_means,
 )
 from mal.segment.model import SegmenterConfig, build_segmenter
 
@@ -101,6 +102,15 @@ def test_bootstrap_is_deterministic_and_brackets_the_point(scenes):
     s = seed_summary([point[0]], boot[None, :, 0])
     assert s["lo"] < s["mean"] < s["hi"] and s["std"] is None and s["per_seed"] == [pytest.approx(point[0])]
     assert seed_summary([point[0]], boot[None, :, 0]) == s  # the same resamples: the same interval
+
+
+def test_weighted_means_count_each_instance_as_often_as_its_image():
+    values, image = np.array([0.2, 0.4, 0.9]), np.array([0, 0, 2])  # image 1 has no instance
+    w = np.array([[1, 1, 1], [2, 5, 0], [0, 3, 1], [0, 1, 0]])
+    m = weighted_means(values, image, w)
+    assert m[0] == pytest.approx(0.5)                 # unit weights: the plain mean
+    assert m[1] == pytest.approx(0.3)                 # image 0 twice, image 2 not drawn
+    assert m[2] == pytest.approx(0.9) and np.isnan(m[3])  # only image 2; no instance drawn at all
 
 
 def test_seed_and_paired_ratio_summaries():

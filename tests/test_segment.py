@@ -168,6 +168,13 @@ def test_retention_end_to_end(scenes, tmp_path, capsys):
         if None not in defined:
             assert s[p]["retention"]["mean"] == s[p]["retention"]["lo"] == s[p]["retention"]["hi"] == 1.0
     assert h["runs"][0]["full"]["segm"]["AP"] > 0  # seed 0: a ratio that is a number
+    # mask_only mIoU: the seed summary with its interval, and the same labels' ratio of exactly 1
+    miou = h["mask_only"]["mIoU"]
+    assert miou["per_seed"] == [r["mask_only"]["mIoU"] for r in h["runs"]] and 0 < miou["mean"] <= 1
+    assert miou["lo"] <= miou["mean"] <= miou["hi"] or miou["lo"] == pytest.approx(miou["hi"])
+    mr = s["mask_only"]["mIoU_retention"]
+    assert mr["per_seed"] == [1.0, 1.0] and mr["lo"] == mr["hi"] == pytest.approx(1.0)
+    assert "retention (mIoU)" in out
 
 
 def test_retention_refuses_overlapping_images(scenes, tmp_path, capsys):

@@ -33,7 +33,7 @@ from ..errors import MalError
 from ..evaluate import to_rle
 from ..runtime import autocast, resolve_device, resolve_precision
 from .data import AGNOSTIC, load_instances
-from .intervals import accumulate_ap, match_tables
+from .intervals import accumulate_ap, match_tables, weighted_means
 from .model import SegmenterConfig, load_segmenter
 
 log = logging.getLogger("mal")
@@ -129,19 +129,24 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
     return results
 
 
-def mask_miou(data: BoxDataset, results: list[dict]) -> float | None:
-    """Mean IoU of mask-only results (``gt_id``: one per ground-truth box) with their human masks:
-    the mask head's quality without AP's ranking (with equal scores, AP falls with the square of the
-    share of good masks). None without results."""
-    if not results:
-        return None
+def mask_ious(data: BoxDataset, results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(image id (N,), IoU (N,)) of mask-only results (``gt_id``: one per ground-truth box) with their
+    human masks."""
     by_id = {r.ann_id: (e, r) for e, recs in data.groups for r in recs}
-    ious = []
+    image_ids, ious = [], []
     for res in results:
         e, r = by_id[res["gt_id"]]
         gt = to_rle(r.ann["segmentation"], int(e["height"]), int(e["width"]), r.ann_id, r.file_name)
+        image_ids.append(int(e["id"]))
         ious.append(mask_utils.iou([res["segmentation"]], [gt], [0])[0, 0])
-    return float(np.mean(ious))
+    return np.array(image_ids, np.int64), np.array(ious, float)
+
+
+def mask_miou(data: BoxDataset, results: list[dict]) -> float | None:
+    """Mean IoU of mask-only results with their human masks: the mask head's quality without AP's
+    ranking (with equal scores, AP falls with the square of the share of good masks). None without
+    results."""
+    return float(mask_ious(data, results)[1].mean()) if results else None
 
 
 def coco_evals(gt: dict, results: list[dict], image_ids: set[int], *, class_agnostic: bool,
@@ -202,7 +207,8 @@ def evaluate_segmenter(model: str | Path | tuple[MaskRCNN, SegmenterConfig], ima
     subset ``image_ids``) under ``protocol`` ("full" or "mask_only", see the module doc). Returns
     {"bbox": {...}, "segm": {...}, "protocol", "images", "detections", "seconds"}; with ``resamples``
     ((B, images) weights over the sorted image ids, from intervals.resample_weights) also
-    "resampled": {"bbox"/"segm": (B, 3) numpy AP, AP50, AP75 per resample} (not JSON: callers pop it)."""
+    "resampled": {"bbox"/"segm": (B, 3) numpy AP, AP50, AP75 per resample; mask_only: "mIoU" (B,)}
+    (not JSON: callers pop it). mask_only adds "mIoU", the masks' mean IoU with the human masks."""
     if protocol not in PROTOCOLS:
         raise MalError(f"unknown evaluation protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
     t0 = time.perf_counter()
@@ -213,11 +219,15 @@ def evaluate_segmenter(model: str | Path | tuple[MaskRCNN, SegmenterConfig], ima
                       precision=precision, num_workers=num_workers, progress=progress)
     evals = coco_evals(data.coco, results, ids, class_agnostic=cfg.class_agnostic, category_ids=cfg.category_ids)
     report = summarize(evals)
-    if protocol == "mask_only":
-        report["mIoU"] = mask_miou(data, results)
     if resamples is not None:
         report["resampled"] = {t: np.zeros((len(resamples), 3)) if ev is None else accumulate_ap(match_tables(ev), resamples)
                                for t, ev in evals.items()}
+    if protocol == "mask_only":
+        image_of, ious = mask_ious(data, results)
+        report["mIoU"] = float(ious.mean()) if len(ious) else None
+        if resamples is not None:  # the resamples' weights are over the sorted image ids
+            position = {i: k for k, i in enumerate(sorted(ids))}
+            report["resampled"]["mIoU"] = weighted_means(ious, [position[i] for i in image_of], resamples)
     report.update(protocol=protocol, images=len(ids), detections=len(results),
                   seconds=round(time.perf_counter() - t0, 1))
     return report

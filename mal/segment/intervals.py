@@ -101,6 +101,15 @@ def accumulate_ap(t: MatchTables, weights: np.ndarray) -> np.ndarray:
     return np.stack([per_t.mean(axis=1), per_t[:, i50], per_t[:, i75]], axis=1)
 
 
+def weighted_means(values: np.ndarray, image_index: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(B,) mean of per-instance ``values`` (N,) under B image weightings (``weights`` (B, images);
+    ``image_index`` (N,): each value's image, in the weights' order): an instance counts as often as
+    its image was drawn. NaN where a resample drew no image with an instance."""
+    W = np.atleast_2d(np.asarray(weights, float))[:, np.asarray(image_index, int)]  # (B, N)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (W @ np.asarray(values, float)) / W.sum(axis=1)
+
+
 def _num(v) -> float | None:
     return None if v is None or not np.isfinite(v) else float(v)
 

@@ -141,6 +141,13 @@ def _stack(per_seed: list, iou_type: str, j: int) -> np.ndarray | None:
     return np.stack([r[iou_type][:, j] for r in per_seed])
 
 
+def _stack_miou(per_seed: list) -> np.ndarray | None:
+    """(seeds, B) mask-only mIoU per resample (None without a bootstrap)."""
+    if not per_seed or per_seed[0] is None:
+        return None
+    return np.stack([r["mIoU"] for r in per_seed])
+
+
 def _summarize(report: dict, resampled: dict) -> None:
     """Per label set and protocol: seed summaries of every figure and the paired retention (over the
     seeds trained so far; set k is paired with the human run of the same seed)."""
@@ -154,8 +161,11 @@ def _summarize(report: dict, resampled: dict) -> None:
             s["retention"] = ratio_summary([r[p]["segm"]["AP"] for r in runs],
                                            [r[p]["segm"]["AP"] for r in human[:len(runs)]],
                                            _stack(res, "segm", 0), _stack(h_res, "segm", 0))
-            if p == "mask_only":  # mean IoU with the human masks, over seeds (no resampling)
-                s["mIoU"] = seed_summary([r[p].get("mIoU") for r in runs])
+            if p == "mask_only":  # the masks' mean IoU with the human masks, and its ratio to the human row's
+                miou, h_miou = _stack_miou(res), _stack_miou(h_res)
+                s["mIoU"] = seed_summary([r[p]["mIoU"] for r in runs], miou)
+                s["mIoU_retention"] = ratio_summary([r[p]["mIoU"] for r in runs],
+                                                    [r[p]["mIoU"] for r in human[:len(runs)]], miou, h_miou)
             m[p] = s
 
 
@@ -182,19 +192,21 @@ def format_retention(report: dict) -> str:
         rows.append(f"classes: {', '.join(report['classes'])}")
     for p in report["protocols"]:
         box = p == "full"  # mask_only detections are the gt boxes: box AP 1 by construction
-        rows += ["", TITLES[p], f"{'labels':<12}{'mask AP':<32}{'AP50':>8}{'AP75':>8}"
-                 + (f"  {'box AP':<18}" if box else f"  {'mIoU':<16}") + "retention (mask AP)"]
+        rows += ["", TITLES[p], f"{'labels':<12}{'mask AP':<32}{'AP50':>8}{'AP75':>8}  "
+                 + (f"{'box AP':<18}" if box else f"{'mIoU':<30}") + f"{'retention (mask AP)':<24}"
+                 + ("" if box else "retention (mIoU)")]
         if "untrained" in report:
             u = report["untrained"][p]
             rows.append(f"{'untrained':<12}{_f(u['segm']['AP']):<32}{_f(u['segm']['AP50']):>8}"
-                        f"{_f(u['segm']['AP75']):>8}"
-                        + (f"  {_f(u['bbox']['AP']):<18}" if box else f"  {_f(u.get('mIoU')):<16}"))
+                        f"{_f(u['segm']['AP75']):>8}  " + (f"{_f(u['bbox']['AP']):<18}" if box else _f(u.get("mIoU"))))
         for name, m in report["models"].items():
             if p not in m:
                 continue
             seg = m[p]["segm"]
-            rows.append(f"{name:<12}{_cell(seg['AP']):<32}{_f(seg['AP50']['mean']):>8}{_f(seg['AP75']['mean']):>8}"
-                        + (f"  {_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box
-                           else f"  {_cell(m[p]['mIoU']):<16}")
-                        + _cell({**m[p]["retention"], "std": None}, pct=True))
+            row = (f"{name:<12}{_cell(seg['AP']):<32}{_f(seg['AP50']['mean']):>8}{_f(seg['AP75']['mean']):>8}  "
+                   + (f"{_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box else f"{_cell(m[p]['mIoU']):<30}")
+                   + f"{_cell({**m[p]['retention'], 'std': None}, pct=True):<24}")
+            if not box:
+                row += _cell({**m[p]["mIoU_retention"], "std": None}, pct=True)
+            rows.append(row.rstrip())
     return "\n".join(rows)
