@@ -193,7 +193,7 @@ def format_retention(report: dict) -> str:
     for p in report["protocols"]:
         box = p == "full"  # mask_only detections are the gt boxes: box AP 1 by construction
         rows += ["", TITLES[p], f"{'labels':<12}{'mask AP':<32}{'AP50':>8}{'AP75':>8}  "
-                 + (f"{'box AP':<18}" if box else f"{'mIoU':<30}") + f"{'retention (mask AP)':<24}"
+                 + (f"{'box AP':<18}" if box else f"{'mIoU':<34}") + f"{'retention (mask AP)':<24}"
                  + ("" if box else "retention (mIoU)")]
         if "untrained" in report:
             u = report["untrained"][p]
@@ -204,7 +204,7 @@ def format_retention(report: dict) -> str:
                 continue
             seg = m[p]["segm"]
             row = (f"{name:<12}{_cell(seg['AP']):<32}{_f(seg['AP50']['mean']):>8}{_f(seg['AP75']['mean']):>8}  "
-                   + (f"{_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box else f"{_cell(m[p]['mIoU']):<30}")
+                   + (f"{_cell({**m[p]['bbox']['AP'], 'lo': None}):<18}" if box else f"{_cell(m[p]['mIoU']):<34}")
                    + f"{_cell({**m[p]['retention'], 'std': None}, pct=True):<24}")
             if not box:
                 row += _cell({**m[p]["mIoU_retention"], "std": None}, pct=True)
