@@ -15,7 +15,7 @@ from mal.segment.evaluate import (
     coco_ap,
     coco_evals,
     gt_boxes,
-    mask_miou,
+    mask_ious,
     masks_for_boxes,
     summarize,
     to_coco_results,
@@ -156,13 +156,14 @@ def test_mask_only_scoring_of_human_masks_is_one(scenes, agnostic, classes):
     assert r["bbox"]["AP"] == pytest.approx(1.0) and r["segm"]["AP"] == pytest.approx(1.0)
     if classes is not None:  # without the restriction the dropped classes' gt count as missed
         assert coco_ap(gt, results, ids, class_agnostic=agnostic)["segm"]["AP"] < 0.99
-    assert mask_miou(data, results) == pytest.approx(1.0)
+    image_of, ious = mask_ious(data, results)
+    assert ious.mean() == pytest.approx(1.0) and image_of.tolist() == [r["image_id"] for r in results]
     # A mask emptied: its IoU is 0, so the mean drops by exactly 1/N.
     empty = mask_utils.encode(np.asfortranarray(np.zeros_like(mask_utils.decode(results[0]["segmentation"]))))
     empty["counts"] = empty["counts"].decode()
     broken = [{**results[0], "segmentation": empty}, *results[1:]]
-    assert mask_miou(data, broken) == pytest.approx(1 - 1 / len(results))
-    assert mask_miou(data, []) is None
+    assert mask_ious(data, broken)[1].mean() == pytest.approx(1 - 1 / len(results))
+    assert len(mask_ious(data, [])[1]) == 0
 
 
 def test_masks_for_boxes_are_pasted_in_the_image_frame():

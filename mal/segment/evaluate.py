@@ -131,7 +131,8 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
 
 def mask_ious(data: BoxDataset, results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """(image id (N,), IoU (N,)) of mask-only results (``gt_id``: one per ground-truth box) with their
-    human masks."""
+    human masks; their mean is the mask head's quality without AP's ranking (with equal scores, AP
+    falls with the square of the share of good masks)."""
     by_id = {r.ann_id: (e, r) for e, recs in data.groups for r in recs}
     image_ids, ious = [], []
     for res in results:
@@ -140,13 +141,6 @@ def mask_ious(data: BoxDataset, results: list[dict]) -> tuple[np.ndarray, np.nda
         image_ids.append(int(e["id"]))
         ious.append(mask_utils.iou([res["segmentation"]], [gt], [0])[0, 0])
     return np.array(image_ids, np.int64), np.array(ious, float)
-
-
-def mask_miou(data: BoxDataset, results: list[dict]) -> float | None:
-    """Mean IoU of mask-only results with their human masks: the mask head's quality without AP's
-    ranking (with equal scores, AP falls with the square of the share of good masks). None without
-    results."""
-    return float(mask_ious(data, results)[1].mean()) if results else None
 
 
 def coco_evals(gt: dict, results: list[dict], image_ids: set[int], *, class_agnostic: bool,

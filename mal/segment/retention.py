@@ -134,18 +134,12 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     return report
 
 
-def _stack(per_seed: list, iou_type: str, j: int) -> np.ndarray | None:
-    """(seeds, B) of figure j from the per-seed resampled arrays (None without a bootstrap)."""
+def _stack(per_seed: list, key: str, j: int | None = None) -> np.ndarray | None:
+    """(seeds, B) of one resampled figure: ``key`` ("bbox"/"segm" with its column j, or "mIoU") from
+    the per-seed resampled arrays (None without a bootstrap)."""
     if not per_seed or per_seed[0] is None:
         return None
-    return np.stack([r[iou_type][:, j] for r in per_seed])
-
-
-def _stack_miou(per_seed: list) -> np.ndarray | None:
-    """(seeds, B) mask-only mIoU per resample (None without a bootstrap)."""
-    if not per_seed or per_seed[0] is None:
-        return None
-    return np.stack([r["mIoU"] for r in per_seed])
+    return np.stack([r[key] if j is None else r[key][:, j] for r in per_seed])
 
 
 def _summarize(report: dict, resampled: dict) -> None:
@@ -162,7 +156,7 @@ def _summarize(report: dict, resampled: dict) -> None:
                                            [r[p]["segm"]["AP"] for r in human[:len(runs)]],
                                            _stack(res, "segm", 0), _stack(h_res, "segm", 0))
             if p == "mask_only":  # the masks' mean IoU with the human masks, and its ratio to the human row's
-                miou, h_miou = _stack_miou(res), _stack_miou(h_res)
+                miou, h_miou = _stack(res, "mIoU"), _stack(h_res, "mIoU")
                 s["mIoU"] = seed_summary([r[p]["mIoU"] for r in runs], miou)
                 s["mIoU_retention"] = ratio_summary([r[p]["mIoU"] for r in runs],
                                                     [r[p]["mIoU"] for r in human[:len(runs)]], miou, h_miou)
