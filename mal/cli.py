@@ -209,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     lb = sub.add_parser("label", help="give every box of a COCO file a mask")
-    lb.add_argument("--engine", choices=["mal", "sam", "grabcut", "box"], default="mal",
+    lb.add_argument("--engine", choices=["mal", "sam", "grabcut", "box", "ellipse"], default="mal",
                     help="mal: the trained labeler (default); sam: zero-shot box-prompted SAM (ONNX); "
-                         "grabcut: OpenCV GrabCut; box: the filled box")
+                         "grabcut: OpenCV GrabCut; box: the filled box; ellipse: the ellipse inscribed in the box")
     lb.add_argument("--model", type=Path, help="run directory of `mal train`, a .ckpt, or the directory of "
                     "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")

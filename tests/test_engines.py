@@ -60,13 +60,24 @@ def _check_predictions(masks, scores, truth):
 
 
 def test_build_engine_names():
-    for name in ("box", "grabcut"):
+    for name in ("box", "ellipse", "grabcut"):
         e = build_engine(name)
         assert e.name == name and isinstance(e, Engine)
     with pytest.raises(ValueError, match="needs model="):
         build_engine("mal")
-    with pytest.raises(ValueError, match="sam, grabcut, box, mal"):
+    with pytest.raises(ValueError, match="sam, grabcut, box, ellipse, mal"):
         build_engine("nope")
+
+
+def test_ellipse_engine_is_the_inscribed_ellipse():
+    from mal.engines.ellipse import ellipse_mask
+    m = ellipse_mask([10, 20, 30, 30], 40, 50)  # 20 x 10 box: semi-axes 10 and 5 around (20, 25)
+    assert m[25, 10] and m[25, 29] and m[20, 20] and m[29, 20]  # the four extremes' pixels
+    assert not m[20, 10] and not m[29, 29] and not m[25, 9] and not m[25, 30]  # corners, outside the box
+    assert abs(m.sum() - np.pi * 10 * 5) < 0.05 * np.pi * 50  # the ellipse's area, to pixel rounding
+    assert ellipse_mask([3.2, 3.2, 3.4, 3.4], 8, 8).sum() == 1  # a sub-pixel box still has its centre pixel
+    masks, scores = build_engine("ellipse").predict(np.zeros((40, 50, 3), np.uint8), np.array([[10, 20, 30, 30]]))
+    assert np.array_equal(masks[0], m) and scores.tolist() == [1.0]
 
 
 def test_box_engine_gives_the_box(scene):

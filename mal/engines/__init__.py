@@ -1,6 +1,7 @@
 """Peer labeling engines behind one interface: ``build_engine(name).predict(image, boxes)``.
 
 - ``box``: the filled box (the floor every method must beat).
+- ``ellipse``: the filled ellipse inscribed in the box (a training-free shape prior for round objects).
 - ``grabcut``: OpenCV GrabCut initialised with the box.
 - ``sam``: zero-shot box-prompted Segment-Anything from two ONNX files (encoder, decoder).
 - ``mal``: a trained labeler, ``build_engine("mal", model="runs/mal")`` (``mal label`` runs it batched).
@@ -15,17 +16,20 @@ from .base import Engine, label_with_engine
 
 __all__ = ["Engine", "ENGINE_NAMES", "build_engine", "label_with_engine"]
 
-ENGINE_NAMES = ("sam", "grabcut", "box", "mal")
+ENGINE_NAMES = ("sam", "grabcut", "box", "ellipse", "mal")
 
 
 def build_engine(name: str, **kwargs) -> Engine:
-    """Build the engine called ``name`` ("sam", "grabcut", "box" or "mal"); ``kwargs`` go to its
+    """Build the engine called ``name`` ("sam", "grabcut", "box", "ellipse" or "mal"); ``kwargs`` go to its
     constructor (e.g. ``encoder_path=``, ``decoder_path=`` for "sam", ``iterations=`` for "grabcut",
     ``model=`` a run directory and optionally ``device=``, ``precision=`` for "mal")."""
     key = str(name).strip().lower()
     if key == "box":
         from .box import BoxEngine
         return BoxEngine(**kwargs)
+    if key == "ellipse":
+        from .ellipse import EllipseEngine
+        return EllipseEngine(**kwargs)
     if key == "grabcut":
         from .grabcut import GrabCutEngine
         return GrabCutEngine(**kwargs)
