@@ -30,7 +30,7 @@ def _train(a) -> None:
 
 
 # `mal train` flags that override the decoder's recipe (mal.config.RECIPES): unset = the recipe's.
-LABELER_FLAGS = ["crop_size", "decoder_dim", "label_expand", "view"]
+LABELER_FLAGS = ["crop_size", "decoder_dim", "label_expand", "view", "box_frame"]
 RECIPE_FLAGS: list[str] = []  # filled by _add_recipe_flags: the above, every TrainConfig field, epochs, min_area
 
 
@@ -179,11 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the decoder's: kv 256, sam 1024)")
     t.add_argument("--label-expand", type=float,
                    help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
+    t.add_argument("--box-frame", type=float,
+                   help="view image: where an image's boxes are small, label and train on zoomed tiles of it so "
+                        "that its median box spans about this many pixels of the frame; 0 = always the whole "
+                        "image (default: the decoder's recipe), saved with the model")
     t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
     _add_recipe_flags(t)
     t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 "
                    "boxes each (view image); default: the decoder's recipe (mal.config.RECIPES)")
-    t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
+    t.add_argument("--max-steps", type=int,
+                   help="train this many steps (overrides --epochs); -1: --epochs uncapped (default: --epochs, "
+                        "capped at the decoder's recipe: sam 400 steps, kv none)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "
                    "decoder's); every box is labeled")

@@ -47,7 +47,8 @@ class ModelLabeler:
                          "config": asdict(model.config), "threshold": threshold, "expand": expand}
 
     def dataset(self, groups: list[ImageGroup]) -> Dataset:
-        return ImageCrops(groups, self.data, self.model.config.crop_size, self.expand, self.model.config.view)
+        cfg = self.model.config
+        return ImageCrops(groups, self.data, cfg.crop_size, self.expand, cfg.view, cfg.box_frame)
 
     def add(self, item: dict) -> list[dict]:
         self.pending.append(item)

@@ -84,14 +84,20 @@ def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold:
     score and fallback. The score is SAM's IoU head when the decoder has one, else the maskness.
 
     ``frame_size`` None (view crop): ``m`` are probabilities over the box's crop window, resized into it.
-    Else (view image): ``m`` are logits over the whole-image frame of that size, upsampled as SAM does
-    (to the frame, cropped to the image, to the image's size: :func:`upsample_in_box`, inside the box)."""
+    Else (view image): ``m`` are logits over the box's frame ``window`` (the whole image at the top left of
+    a square of its long side, or a tile: :mod:`mal.data.tiles`) resized to ``frame_size``, upsampled as SAM
+    does (to the frame, cropped to the image part of it, to that part's size: :func:`upsample_in_box`,
+    inside the box)."""
     if frame_size is None:
         prob = paste_mask(m, window, height, width, box_xyxy)
     else:
-        side = float(window[2] - window[0])  # the frame: the image's long side, image at the top left
-        resized = (int(height * frame_size / side + 0.5), int(width * frame_size / side + 0.5))
-        logits = upsample_in_box(m, box_xyxy, resized, (height, width), frame_size)
+        x0, y0, x1, y1 = (int(v) for v in window)  # a square inside the image, or past its right/bottom edge
+        h, w = min(y1, height) - y0, min(x1, width) - x0  # the image part of the frame
+        side = float(x1 - x0)
+        resized = (int(h * frame_size / side + 0.5), int(w * frame_size / side + 0.5))
+        box = np.asarray(box_xyxy, dtype=np.float64) - [x0, y0, x0, y0]
+        logits = np.zeros((height, width), np.float32)
+        logits[y0:y0 + h, x0:x0 + w] = upsample_in_box(m, box, resized, (h, w), frame_size)
         with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for very negative logits: prob 0
             prob = (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
     mask, score, fallback = mask_from_prob(prob, box_xyxy, threshold)
@@ -174,7 +180,7 @@ class MaskPredictor:
         """The image the next :meth:`predict` calls label (see :func:`mal.data.images.as_rgb`)."""
         self.image = as_rgb(image)
         self._feats = None
-        if self.model is not None and self.model.config.view == "image":
+        if self.model is not None and self.model.config.view == "image" and self.model.config.box_frame <= 0:
             H, W = self.image.shape[:2]  # every box shares the image's frame: encode it once
             frame = labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
                                    self.expand, "image")["crops"]
@@ -199,7 +205,7 @@ class MaskPredictor:
             return engine_masks(self.engine, self.image, boxes)
         cfg = self.model.config
         H, W = self.image.shape[:2]
-        item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view)
+        item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view, cfg.box_frame)
         maps, ious = decode_maps(self.model, [item], self.device, self.precision, self.batch_size, self._feats)
         frame = cfg.crop_size if cfg.view == "image" else None
         return [to_mask(p, win, box, H, W, self.threshold, None if ious is None else ious[j], frame)

@@ -274,7 +274,7 @@ def train_dataset(data: BoxDataset, labeler: LabelerConfig, batch_size: int, *, 
     when a DataModule's hooks have not run, so it would only move these lines behind them.)"""
     if labeler.view == "image":
         ds = TrainImages(data, labeler.crop_size, min_area=min_area, max_margin=max_margin,
-                         boxes_per_image=BOXES_PER_IMAGE)
+                         boxes_per_image=BOXES_PER_IMAGE, box_frame=labeler.box_frame)
         return ds, max(1, batch_size // BOXES_PER_IMAGE), ds.num_boxes, collate_images
     ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
     return ds, batch_size, len(ds), None
@@ -284,7 +284,7 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
                   labeler: LabelerConfig | None = None, train_config: TrainConfig | None = None,
                   weights: str | Path | None = None, strict_weights: bool = True,
                   neck_weights: str | Path | None = None, decoder_weights: str | Path | None = None,
-                  epochs: int | None = None, max_steps: int = -1, batch_size: int = 16,
+                  epochs: int | None = None, max_steps: int | None = None, batch_size: int = 16,
                   min_area: float | None = None, max_margin: float = 1.2, precision: str = "auto",
                   accelerator: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
                   num_workers: int = 1, seed: int = 0, resume: bool = False, strict: bool = False,
@@ -300,7 +300,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     process, each process sees its own share of the boxes, and only rank 0 writes files.
     ``strict`` turns clipped boxes and unreadable images (otherwise skipped) into errors.
     ``epochs`` and ``min_area`` (boxes smaller than this are not trained on, but all are labeled)
-    default to the decoder's recipe.
+    default to the decoder's recipe. ``max_steps``: that many steps; None: ``epochs``, capped at the
+    recipe's ``max_steps`` (the sam recipe's bounds a CPU run on dense data, where tiles multiply the frames);
+    -1: ``epochs``, uncapped.
     """
     out = Path(out)
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
@@ -310,6 +312,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     cfg = train_config or defaults.train
     epochs = defaults.epochs if epochs is None else epochs
     min_area = defaults.min_area if min_area is None else min_area
+    cap = defaults.max_steps if max_steps is None else -1  # the recipe's cap applies to its own schedule
+    max_steps = -1 if max_steps is None else max_steps
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
     ds, batch_size, n_boxes, collate = train_dataset(data, labeler, batch_size, min_area=min_area,
@@ -332,6 +336,10 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     loader = DataLoader(ds, batch_size=min(batch_size, per_process), shuffle=True, drop_last=True,
                         num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=collate)
     steps = max_steps if max_steps > 0 else epochs * (per_process // loader.batch_size)
+    if max_steps <= 0 and 0 < cap < steps:
+        log.info("%d epochs would take %d steps: capped at the recipe's %d (--max-steps sets the length)",
+                 epochs, steps, cap)
+        steps = trainer.fit_loop.epoch_loop.max_steps = cap
     cfg = replace(cfg, total_steps=steps)
     unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,

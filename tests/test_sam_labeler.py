@@ -8,7 +8,7 @@ import torch
 
 from conftest import COCO_MINI, SAM_DECODER_ONNX, SAM_ENCODER_ONNX, SAM_NECK, TINYVIT_SAM, require
 from mal.data.crops import crop_and_resize
-from mal.data.dataset import image_frame
+from mal.data.tiles import image_tiles
 from mal.demo import make_scenes
 from mal.label import label
 from mal.coco_masks import decode_rle
@@ -68,7 +68,7 @@ def test_image_view_zero_shot_is_the_sam_engine(tmp_path):
     sub = dict(coco, images=[i for i in coco["images"] if i["id"] in keep],
                annotations=[a for a in coco["annotations"] if a["image_id"] in keep])
     (tmp_path / "sub.json").write_text(json.dumps(sub))
-    model = real_sam(recipe("sam").labeler)
+    model = real_sam(replace(recipe("sam").labeler, box_frame=0.0))  # the whole image, as the engine
     label(model, COCO_MINI / "images", tmp_path / "sub.json", tmp_path / "torch.json", num_workers=0,
           progress=False, precision="32")
     engine = build_engine("sam", encoder_path=require(SAM_ENCODER_ONNX), decoder_path=SAM_DECODER_ONNX)
@@ -107,7 +107,9 @@ def test_mask_iou():
 
 
 def test_image_frame_is_the_long_side():
-    assert image_frame(30, 50).tolist() == [0, 0, 50, 50] and image_frame(70, 20).tolist() == [0, 0, 70, 70]
+    box = np.array([[1.0, 1.0, 5.0, 5.0]])
+    assert image_tiles(box, 30, 50, 1024, 0)[0].tolist() == [[0, 0, 50, 50]]
+    assert image_tiles(box, 70, 20, 1024, 0)[0].tolist() == [[0, 0, 70, 70]]
 
 
 @pytest.mark.slow

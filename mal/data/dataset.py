@@ -20,6 +20,7 @@ from .crops import (
     xywh_to_xyxy,
 )
 from .images import ImageError, read_sized_image
+from .tiles import image_tiles
 
 log = logging.getLogger("mal")
 
@@ -62,7 +63,7 @@ class TrainCrops(Dataset):
 
     def _read(self, i: int) -> tuple[BoxRecord, np.ndarray]:
         """Record ``i`` and its image, or the next record whose image is readable."""
-        records, pixels = read_first_readable(self.data, self.singles, i, self.bad_files)
+        records, pixels, _ = read_first_readable(self.data, self.singles, i, self.bad_files)
         return records[0], pixels
 
     def __len__(self) -> int:
@@ -90,8 +91,9 @@ class TrainCrops(Dataset):
 class ImageCrops(Dataset):
     """One item per image (for labeling): the crops its boxes are decoded on.
 
-    view "crop": one fixed-expansion crop per box. view "image": one crop, the whole image in a
-    square frame (its long side, padded at the bottom/right, as SAM's input), shared by every box.
+    view "crop": one fixed-expansion crop per box. view "image": the whole image in a square frame
+    (its long side, padded at the bottom/right, as SAM's input), shared by every box; or, with
+    ``box_frame`` > 0 and boxes small for the image, zoomed tiles of it (:mod:`mal.data.tiles`).
     Item: ``image`` (the COCO image entry), ``records``, ``crops`` (M, 3, S, S) uint8, ``crop_index``
     (N,) the crop of each box, ``windows`` (N, 4) int64 each box's crop window in image pixels,
     ``boxes`` (N, 4) float32 boxes in crop pixels, or ``error`` (str) if the image
@@ -99,12 +101,13 @@ class ImageCrops(Dataset):
     """
 
     def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,
-                 expand: float = 1.3, view: str = "crop"):
+                 expand: float = 1.3, view: str = "crop", box_frame: float = 0.0):
         self.groups = groups
         self.data = data
         self.size = crop_size
         self.expand = expand
         self.view = view
+        self.box_frame = box_frame
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -115,17 +118,19 @@ class ImageCrops(Dataset):
         if "error" in item:
             return item
         boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-        item.update(labeling_crops(item.pop("pixels"), boxes, self.size, self.expand, self.view))
+        item.update(labeling_crops(item.pop("pixels"), boxes, self.size, self.expand, self.view,
+                                   self.box_frame))
         return item
 
 
-def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand: float, view: str) -> dict:
+def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand: float, view: str,
+                   box_frame: float = 0.0) -> dict:
     """What a labeler decodes the boxes (N, 4) of an HxWx3 uint8 image on (see :class:`ImageCrops`):
-    ``crops`` (M, 3, S, S) uint8, ``crop_index`` (N,), ``windows`` (N, 4) int64 image pixels,
-    ``boxes`` (N, 4) float32 crop pixels. Used by ``mal label`` and by :class:`mal.predictor.MaskPredictor`."""
+    ``crops`` (M, 3, S, S) uint8, ``crop_index`` (N,), ``windows`` (N, 4) int64 image pixels (view
+    image: each box's frame), ``boxes`` (N, 4) float32 crop pixels. Used by ``mal label`` and by
+    :class:`mal.predictor.MaskPredictor`."""
     if view == "image":
-        frames = np.array([image_frame(image.shape[0], image.shape[1])])
-        index = np.zeros(len(boxes_xyxy), dtype=np.int64)
+        frames, index = image_tiles(boxes_xyxy, image.shape[0], image.shape[1], size, box_frame)
     else:
         frames = np.stack([expand_box(b, (expand,) * 4) for b in boxes_xyxy])
         index = np.arange(len(boxes_xyxy))
@@ -137,16 +142,13 @@ def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand:
                                                 for b, w in zip(boxes_xyxy, windows)])).float()}
 
 
-def image_frame(height: int, width: int) -> np.ndarray:
-    """The whole image's square window: its long side, the image at the top left (SAM's padding)."""
-    side = max(height, width)
-    return np.array([0, 0, side, side], dtype=np.int64)
-
-
 class TrainImages(Dataset):
-    """One item per image with training boxes (view "image"): the whole image in its square frame,
-    resized to S, and up to ``boxes_per_image`` of its boxes drawn at random, each with a randomly
-    expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed.
+    """One item per frame with training boxes (view "image"): the whole image in its square frame, or
+    with ``box_frame`` > 0 each zoomed tile that holds boxes (the frames ``mal label`` uses, planned over
+    all of the image's boxes: :mod:`mal.data.tiles`), resized to S, and up to ``boxes_per_image`` of its
+    boxes drawn at random, each with a randomly expanded window (the same geometry as
+    :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
+    a small box that the zoom enlarges is trained on.
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
     in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m.
@@ -154,16 +156,24 @@ class TrainImages(Dataset):
     """
 
     def __init__(self, data: BoxDataset, size: int, *, min_area: float = 2048.0, max_margin: float = 1.2,
-                 boxes_per_image: int = 8, loss_size: int = 64):
+                 boxes_per_image: int = 8, loss_size: int = 64, box_frame: float = 0.0):
         self.data = data
-        groups = {}
+        per_image: dict[int, list[BoxRecord]] = {}
         for r in data.records:
-            if r.bbox[2] * r.bbox[3] >= min_area:
-                groups.setdefault(r.image_id, []).append(r)
-        if not groups:
-            raise MalError(f"no box has an area of at least {min_area:g} px "
+            per_image.setdefault(r.image_id, []).append(r)
+        self.groups, self.frames = [], []  # records of each frame, and the frame (image pixels)
+        for records in per_image.values():
+            boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
+            windows, index = image_tiles(boxes, records[0].height, records[0].width, size, box_frame)
+            for k, w in enumerate(windows):
+                scale = size / float(w[2] - w[0])
+                keep = [r for r, i in zip(records, index) if i == k and r.bbox[2] * r.bbox[3] * scale ** 2 >= min_area]
+                if keep:
+                    self.groups.append(keep)
+                    self.frames.append(w)
+        if not self.groups:
+            raise MalError(f"no box has an area of at least {min_area:g} px in the model's frame "
                              f"({len(data.records)} boxes); lower --min-area")
-        self.groups = list(groups.values())
         self.num_boxes = sum(len(g) for g in self.groups)
         self.size, self.max_margin = size, max_margin
         self.boxes_per_image, self.loss_size = boxes_per_image, loss_size
@@ -175,8 +185,8 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        records, image = read_first_readable(self.data, self.groups, i, self.bad_files)
-        frame = image_frame(*image.shape[:2])
+        records, image, i = read_first_readable(self.data, self.groups, i, self.bad_files)
+        frame = self.frames[i]
         crop = crop_and_resize(image, frame, self.size)
         pick = rng.permutation(len(records))[:self.boxes_per_image]
         boxes, windows, masks = [], [], []
@@ -204,9 +214,10 @@ def collate_images(items: list[dict]) -> dict:
 
 
 def read_first_readable(data: BoxDataset, groups: list[list[BoxRecord]], i: int,
-                        bad_files: set[str]) -> tuple[list[BoxRecord], np.ndarray]:
-    """Group ``i`` (records of one image) and its pixels, or the next group whose image is readable;
-    an unreadable one is reported once and remembered in ``bad_files`` (with ``data.strict``: raised)."""
+                        bad_files: set[str]) -> tuple[list[BoxRecord], np.ndarray, int]:
+    """Group ``i`` (records of one image), its pixels and its index, or the next group whose image is
+    readable; an unreadable one is reported once and remembered in ``bad_files`` (with ``data.strict``:
+    raised)."""
     n = len(groups)
     for k in range(n):
         records = groups[(i + k) % n]
@@ -216,7 +227,7 @@ def read_first_readable(data: BoxDataset, groups: list[list[BoxRecord]], i: int,
         entry = {"file_name": r.file_name, "width": r.width, "height": r.height}
         item = read_image_item(data, entry, records)
         if "pixels" in item:
-            return records, item["pixels"]
+            return records, item["pixels"], (i + k) % n
         if data.strict:
             raise ImageError(item["error"] + " (--strict: not skipping it)")
         log.warning("training without this image: %s", item["error"])
