@@ -71,6 +71,8 @@ def _json_object(v: str) -> dict:
 
 def _label(a) -> None:
     from .chunks import parse_shard
+    if a.out.exists() and not (a.overwrite or a.resume):
+        raise MalError(f"{a.out} exists; pass --overwrite to replace it")
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
                    chunk_images=a.chunk_images, keep_parts=a.keep_parts)
     if a.engine == "mal":
@@ -138,6 +140,21 @@ def _export(a) -> None:
 def _demo(a) -> None:
     from .demo import run_demo
     run_demo(a.out, epochs=a.epochs)
+
+
+def _interrupted(a) -> str:
+    """The one line for Ctrl-C: what is kept and whether --resume continues."""
+    if a.command == "label":
+        work_dir = a.work_dir or Path(str(a.out) + ".parts")
+        chunks = len(list(work_dir.glob("shard-*/chunk-*.jsonl")))
+        return (f"interrupted; {chunks} finished chunk(s) are kept in {work_dir}: rerun the same command with "
+                "--resume to continue" if chunks else "interrupted before the first chunk was finished; "
+                "nothing was written: rerun the command to start again")
+    if a.command == "train":
+        last = a.out / "checkpoints" / "last.ckpt"
+        return (f"interrupted; rerun the same command with --resume to continue from {last}"
+                if last.is_file() else "interrupted before the first checkpoint; rerun the command to start again")
+    return "interrupted; no output was written"
 
 
 def _message(e: BaseException) -> str:
@@ -235,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images per durable chunk: a killed run loses at most one chunk per shard")
     lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
     lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
+    lb.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
@@ -314,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MalError, ReplicaSyncError, FileNotFoundError) as e:
         print(f"mal {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, and the shell's code for SIGINT
+        print(f"\nmal {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
     return 0
 
 

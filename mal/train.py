@@ -26,7 +26,7 @@ from .config import LabelerConfig, Schedule, TrainConfig, recipe
 from .data.coco import BoxDataset, load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
 from .losses import crf_loss, dice_loss, mil_loss
-from .modeling.encoder import freeze_leading
+from .modeling.encoder import WeightsError, freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
                       tensors_sha256)
@@ -303,6 +303,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     default to the decoder's recipe.
     """
     out = Path(out)
+    for flag, f in (("--weights", weights), ("--neck-weights", neck_weights), ("--decoder-weights", decoder_weights)):
+        if f is not None and not Path(f).is_file():  # before any work: not after the training banner
+            raise WeightsError(f"{f}: {flag} file not found")
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
     labeler = labeler or recipe(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
                                                 decoder_weights)).labeler
