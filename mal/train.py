@@ -339,6 +339,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
              len(data.records), min_area, steps, world, loader.batch_size, unit)
+    log.info("images are decoded as training reaches them: an unreadable one is %s then",
+             "an error" if strict else "skipped and reported")
     sch = Schedule.of(cfg)
     log.info("schedule: warm-up %d steps, MIL ramp %d, CRF ramp %d, teacher EMA momentum %.4f",
              sch.warmup, sch.mil_ramp, sch.crf_ramp, sch.ema_momentum)
