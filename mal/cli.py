@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
     d.add_argument("--out", type=Path, default=Path("mal_demo"),
-                   help="output folder (data/, run/, masks.json, box_masks.json); replaced if it exists")
+                   help="output folder (data/, run/, masks.json, box_masks.json); files of an earlier demo there are overwritten")
     d.add_argument("--epochs", type=int, default=None, help="training length (default: mal.demo.DEMO_EPOCHS)")
     d.set_defaults(func=_demo)
     for q in _parsers(p):
@@ -354,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C, even while torch is still importing: one line, SIGINT's exit code
+        print(f"\nmal {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from .train import ReplicaSyncError
     try:
         args.func(args)
@@ -362,9 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     except (MalError, ReplicaSyncError, FileNotFoundError) as e:
         print(f"mal {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, and the shell's code for SIGINT
-        print(f"\nmal {args.command}: {_interrupted(args)}", file=sys.stderr)
-        return 130
     return 0
 
 
