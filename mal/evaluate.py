@@ -156,7 +156,9 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
     ``score_quality`` (how well the prediction ``score`` ranks instances by
     IoU: Spearman rho, and AUROC of a low score for IoU < 0.5; None if no
     prediction has a score), ``per_instance`` and (if ``compute_ap``) ``ap``.
-    Crowd ground truth (``iscrowd`` = 1) is not scored in the mIoU figures.
+    Crowd ground truth (``iscrowd`` = 1) is not scored in the mIoU figures. A prediction file with
+    a subset of the ground truth's annotations (a labeled sample) is scored on those, and
+    ``unscored`` counts the ground-truth annotations left out (0 otherwise).
     Raises EvalError if the inputs are unreadable or describe different boxes.
     """
     gt_d, gt_name = load_coco(gt, "ground-truth")
@@ -165,6 +167,15 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
     index_by_id(pr_d["images"], "image", pr_name)  # refuses duplicate image ids
     gt_anns = index_by_id(gt_d["annotations"], "annotation", gt_name)
     pr_anns = index_by_id(pr_d["annotations"], "annotation", pr_name)
+    unscored = len(set(gt_anns) - set(pr_anns))
+    if unscored and pr_anns and set(pr_anns) <= set(gt_anns):
+        # A labeled subset of the data set: score the annotations it has (and AP on their images).
+        gt_anns = {aid: g for aid, g in gt_anns.items() if aid in pr_anns}
+        on = {g.get("image_id") for g in gt_anns.values()}
+        gt_d = {**gt_d, "annotations": list(gt_anns.values()), "images": [im for im in gt_d["images"] if im["id"] in on]}
+        gt_imgs = {i: im for i, im in gt_imgs.items() if i in on}
+    else:
+        unscored = 0
     check_same_boxes(gt_d, pr_d, other_name=pr_name, ref_name=gt_name)
     for aid, g in gt_anns.items():
         if g.get("image_id") not in gt_imgs:
@@ -215,6 +226,7 @@ def evaluate(gt: str | dict, pred: str | dict, *, compute_ap: bool = True) -> di
         "miou_size": miou_size,
         "per_class": per_class,
         "score_quality": _score_quality(rows, pr_anns),
+        "unscored": unscored,
     }
     if compute_ap:
         report["ap"] = _coco_ap(gt_d, gt_anns, pr_anns, pr_rles, gt_rles)
@@ -244,4 +256,10 @@ def format_report(report: dict) -> str:
         lines.append(f"score vs IoU: Spearman {_f(sq['spearman'], 2)}, "
                      f"AUROC(IoU<{sq['threshold']:g}) {_f(sq['auroc_low_iou'], 2)} "
                      f"(n={sq['n']}, {sq['n_low']} below {sq['threshold']:g})")
+    if report.get("unscored"):
+        lines.append(unscored_line(report["unscored"]))
     return "\n".join(lines)
+
+
+def unscored_line(n: int) -> str:
+    return f"{n} ground-truth annotations are not in the prediction file(s) and were not scored"

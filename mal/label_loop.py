@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Protocol
 
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .chunk_merge import MergeOutcome, merge_and_clean
 from .chunks import ChunkPlan, parse_shard
@@ -23,6 +22,7 @@ from .data.coco import BoxDataset, ImageGroup, load_boxes
 from .data.dataset import collate_single
 from .errors import MalError
 from .job import job_manifest, open_for_labeling, open_for_merge
+from .progress import progress as progress_bar
 
 log = logging.getLogger("mal")
 
@@ -126,8 +126,8 @@ def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *,
     loader = DataLoader(labeler.dataset([g for k in todo for g in chunks[k]]), batch_size=1,
                         collate_fn=collate_single, num_workers=num_workers)
     desc = "labeling" + (f" ({labeler.name})" if labeler.name != "mal" else "") + (f" shard {i}/{n}" if n > 1 else "")
-    pbar = tqdm(total=sum(boxes), initial=sum(boxes) - sum(boxes[k] for k in todo), desc=desc,
-                unit="box", disable=not progress)
+    pbar = progress_bar(sum(boxes), initial=sum(boxes) - sum(boxes[k] for k in todo), desc=desc, unit="box",
+                        enabled=progress)
     new_boxes, kept = 0, len(chunks) - len(todo)
     try:
         items = iter(loader) if todo else iter(())  # no worker processes when nothing is left

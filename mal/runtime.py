@@ -63,12 +63,18 @@ def autocast(device: torch.device, precision: str):
 
 def quiet_lightning() -> None:
     """Silence Lightning notices that are noise for mal users: the 'modules in eval mode' warning
-    (our encoders keep BatchNorm in eval on purpose), pytree deprecations and the logger advert."""
+    (our encoders keep BatchNorm in eval on purpose), pytree deprecations and the logger advert; and
+    print each of its log lines once: the ``lightning`` package's own handler ("INFO: ...") is dropped
+    when the root logger has one (the CLI's), to which its records propagate anyway."""
     import warnings
+
+    import lightning  # noqa: F401  (adds that handler on import)
+    if logging.getLogger().hasHandlers():
+        logging.getLogger("lightning").handlers.clear()
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda r: "litlogger" not in r.getMessage())
+        lambda r: not any(s in r.getMessage() for s in ("litlogger", "Detected KeyboardInterrupt")))
 
 
 def launcher_world(devices: int | str, num_nodes: int) -> tuple[int | str, int]:
@@ -89,6 +95,8 @@ def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int |
     ``out/checkpoints/last.ckpt`` every ``every`` steps, CSV logs in ``out/logs``.
     ``accelerator`` "cpu"/"gpu"; ``precision`` "bf16"/"32" (resolved by the caller)."""
     import lightning as L
+
+    from .progress import lightning_progress
     return L.Trainer(
         default_root_dir=str(out), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
         precision="bf16-mixed" if precision == "bf16" else "32-true",
@@ -96,7 +104,7 @@ def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int |
         # No version counter: a resumed run must overwrite last.ckpt, not write last-v1.ckpt beside it.
         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                        every_n_train_steps=every, enable_version_counter=False),
-                   *callbacks],
+                   *callbacks, *([lightning_progress()] if progress else [])],
         logger=L.pytorch.loggers.CSVLogger(str(out), name="logs"),
         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
     )
@@ -128,7 +136,13 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Pa
         log.warning("--resume: no checkpoint at %s; training from the start", last)
     if resume and last.is_file():
         check_same_run(last, dict(module.hparams))
-    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    from lightning.pytorch.trainer.states import TrainerStatus
+    try:
+        trainer.fit(module, loader, ckpt_path=str(last) if resume and last.is_file() else None)
+    except SystemExit:  # Lightning's answer to Ctrl-C; the CLI reports it in one line
+        if trainer.state.status == TrainerStatus.INTERRUPTED:
+            raise KeyboardInterrupt from None
+        raise
     if trainer.global_step % every:
         trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
 
@@ -149,10 +163,11 @@ def save_weights(model: torch.nn.Module, config: dict, run_dir: str | Path, weig
     and ``config`` as JSON into ``run_dir``; returns the weights path. One writer for every trained
     model mal saves (the labeler, the segmenter)."""
     from safetensors.torch import save_file
+
+    from .atomic import atomic_path
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (weights_file + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / weights_file)
+    with atomic_path(run_dir / weights_file) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     (run_dir / config_file).write_text(json.dumps(config, indent=2))
     return run_dir / weights_file

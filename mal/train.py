@@ -26,7 +26,7 @@ from .config import LabelerConfig, Schedule, TrainConfig, recipe
 from .data.coco import BoxDataset, load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
 from .losses import crf_loss, dice_loss, mil_loss
-from .modeling.encoder import freeze_leading
+from .modeling.encoder import WeightsError, freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
                       tensors_sha256)
@@ -305,6 +305,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     -1: ``epochs``, uncapped.
     """
     out = Path(out)
+    for flag, f in (("--weights", weights), ("--neck-weights", neck_weights), ("--decoder-weights", decoder_weights)):
+        if f is not None and not Path(f).is_file():  # before any work: not after the training banner
+            raise WeightsError(f"{f}: {flag} file not found")
     quiet_lightning()  # our encoders keep BatchNorm in eval on purpose (see Encoder.train)
     labeler = labeler or recipe(resolve_decoder("auto", LabelerConfig.backbone, neck_weights,
                                                 decoder_weights)).labeler
@@ -344,6 +347,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
              len(data.records), min_area, steps, world, loader.batch_size, unit)
+    log.info("images are decoded as training reaches them: an unreadable one is %s then",
+             "an error" if strict else "skipped and reported")
     sch = Schedule.of(cfg)
     log.info("schedule: warm-up %d steps, MIL ramp %d, CRF ramp %d, teacher EMA momentum %.4f",
              sch.warmup, sch.mil_ramp, sch.crf_ramp, sch.ema_momentum)

@@ -126,8 +126,12 @@ def test_compare_names_and_errors(scenes, tmp_path):
     short = json.loads(scenes["a"].read_text())
     short["annotations"] = short["annotations"][:-1]
     (tmp_path / "short.json").write_text(json.dumps(short))
-    with pytest.raises(EvalError, match="missing"):
+    with pytest.raises(EvalError, match="label different annotations"):  # a sample, but not the same one
         compare(scenes["gt_path"], [scenes["a"], tmp_path / "short.json"])
+    short["annotations"][0]["bbox"][0] += 5
+    (tmp_path / "moved.json").write_text(json.dumps(short))
+    with pytest.raises(EvalError, match="differ"):
+        compare(scenes["gt_path"], [tmp_path / "moved.json"])
 
 
 # --------------------------------------------------------------------------- show

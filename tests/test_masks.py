@@ -40,3 +40,25 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
         pass
     assert json.loads(path.read_text()) == {"a": 1}
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    """Output files get open()'s mode (0666 less the umask), not tempfile's private 0600."""
+    import os
+
+    import torch
+
+    from mal.atomic import write_text_atomic
+    from mal.runtime import save_weights
+    old = os.umask(0o022)
+    try:
+        write_json_atomic({"a": 1}, tmp_path / "a.json")
+        write_text_atomic("x", tmp_path / "b.html")
+        save_weights(torch.nn.Linear(1, 1), {}, tmp_path / "run", "model.safetensors", "config.json")
+        os.umask(0o077)
+        write_json_atomic({"a": 1}, tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*tmp_path.iterdir(), *(tmp_path / "run").iterdir()]}
+    assert modes == {"a.json": 0o644, "b.html": 0o644, "run": 0o755, "model.safetensors": 0o644,
+                     "config.json": 0o644, "private.json": 0o600}

@@ -59,9 +59,15 @@ def test_weights_wrong_shape_and_missing_file(tmp_path):
         load_encoder_weights(enc.model, tmp_path / "shape.safetensors")
     with pytest.raises(WeightsError, match="not found"):
         load_encoder_weights(enc.model, tmp_path / "nope.pth")
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read"):
-        load_encoder_weights(enc.model, tmp_path / "junk.pth")
+    for name in ("junk.pth", "config.json", "model.onnx", "junk.safetensors"):  # one line, no PyTorch text
+        (tmp_path / name).write_bytes(b'{"not": "a checkpoint"}')
+        with pytest.raises(WeightsError, match="cannot read") as e:
+            load_encoder_weights(enc.model, tmp_path / name)
+        assert name in str(e.value) and "\n" not in str(e.value) and "weights_only" not in str(e.value)
+    save_file({"neck.0.weight": torch.zeros(2)}, str(tmp_path / "neck.safetensors"))  # no key matches
+    with pytest.raises(WeightsError, match="no key of the file matches") as e:
+        load_encoder_weights(enc.model, tmp_path / "neck.safetensors")
+    assert "allow-missing-keys" not in str(e.value)
 
 
 def test_save_load_labeler(tmp_path):

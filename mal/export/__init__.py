@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..atomic import default_mode
 from ..coco_masks import EvalError, index_by_id, load_coco, to_rle
 from .geometry import brush_rle, mask_to_polygons, mask_to_yolo, yolo_to_mask  # noqa: F401  (public API)
 from .writers import WRITERS, ExportError
@@ -181,6 +182,7 @@ def export(pred, out, formats=("coco-polygons",), images: str | None = None, png
     coco, name, groups = _read(pred, stems=bool({"yolo", "png"} & set(formats)))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(default_mode(directory=True))  # mkdtemp's is private (0700)
     try:
         writers = {f: WRITERS[f](root=tmp, coco=coco, final=out, images=images, png=png,
                                   yolo_max_points=yolo_max_points) for f in formats}

@@ -148,8 +148,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, wrong format
-        raise WeightsError(f"{path}: cannot read weights: {e}") from e
+    except Exception as e:  # corrupt file, wrong format (torch's own text advises unsafe loading: not ours)
+        kind = "a .safetensors file" if path.suffix == ".safetensors" else "a PyTorch state dict (.pth/.pt)"
+        raise WeightsError(f"{path}: cannot read weights: not {kind} of tensors (weights are a .safetensors "
+                           f"or .pth state dict in timm's layout)") from e
     for key in ("state_dict", "model", "module"):  # common checkpoint wrappers
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -184,6 +186,10 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = T
     report = KeyReport(unexpected=[k for k in result.unexpected_keys if not k.startswith(head_prefixes)])
     for k in result.missing_keys:
         (report.ignored if k.startswith(head_prefixes) else report.missing).append(k)
+    matched = len(own) - len(result.missing_keys)
+    if not matched:  # loading anyway would change nothing: no point suggesting it
+        raise WeightsError(f"{path}: no key of the file matches {type(model).__name__} (weights of another "
+                           f"model or part, e.g. SAM's neck instead of the trunk?): {report.summary()}")
     if report.missing or report.unexpected:
         msg = f"{path}: weights do not match {type(model).__name__}: {report.summary()}"
         if strict:

@@ -137,11 +137,12 @@ MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 def save_labeler(model: MaskLabeler, run_dir: str | Path) -> Path:
     """Write model.safetensors + config.json into run_dir (atomically); returns the weights path."""
     from safetensors.torch import save_file
+
+    from ..atomic import atomic_path
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (MODEL_FILE + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(run_dir / MODEL_FILE)
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
     return run_dir / MODEL_FILE
 
@@ -152,6 +153,9 @@ def load_labeler(path: str | Path):
     (or one of its .onnx files): then an :class:`~.onnx_labeler.OnnxLabeler`."""
     from .onnx_labeler import OnnxLabeler, export_dir
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (--model takes a `mal train` run directory, a .ckpt or a "
+                                "`mal export-onnx` directory)")
     onnx_dir = export_dir(path)
     if onnx_dir is not None:
         return OnnxLabeler(onnx_dir)

@@ -93,7 +93,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="tiny_vit_5m_sam", help="timm model name or mal variant (timm arch)")
     p.add_argument("--weights", type=Path, help="local backbone weights (.safetensors/.pth); "
                                                  "without them the backbone starts from scratch")
-    p.add_argument("--allow-missing-keys", action="store_true")
+    p.add_argument("--allow-missing-keys", action="store_true",
+                   help="load --weights even if keys are missing/unexpected (reported as a warning)")
     p.add_argument("--class-agnostic", action="store_true", help="one class 'object' for every box")
     p.add_argument("--classes", nargs="+", metavar="NAME",
                    help="keep only these classes (COCO category names): other instances are dropped from "
@@ -104,14 +105,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-size", type=int, default=640, help="longer image side cap")
     p.add_argument("--freeze-backbone", type=float, default=0.0,
                    help="fraction of backbone parameters (input side first) kept frozen, 0..1")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=12, help="passes over the training images")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=2, help="images per step")
     p.add_argument("--lr", type=float, help="heads' learning rate; the backbone's is 0.1x "
                    "(default: mal.segment.train.SegmentTrainConfig.lr)")
-    p.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
+                   help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+    p.add_argument("--num-workers", type=int, default=1, help="image reading processes")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
 
 
@@ -120,31 +122,32 @@ def add_parsers(sub) -> None:
     seg = sub.add_parser("segment", help="phase 2: train / evaluate a Mask R-CNN on COCO masks")
     ss = seg.add_subparsers(dest="segment_command", required=True)
     t = ss.add_parser("train", help="train Mask R-CNN on the masks of a COCO file (auto-labels or human)")
-    t.add_argument("--images", required=True, type=Path)
+    t.add_argument("--images", required=True, type=Path, help="folder with the images")
     t.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON with masks")
     t.add_argument("--out", required=True, type=Path, help="run directory")
     t.add_argument("--image-ids", type=Path, help="train only on these images (text file, one id per line)")
-    t.add_argument("--devices", default="auto")
+    t.add_argument("--devices", default="auto", help="devices (processes): a count, -1 for all, or auto")
     _model_args(t)
     t.set_defaults(func=_train)
 
     e = ss.add_parser("eval", help="COCO box and mask AP of a trained segmenter")
     e.add_argument("--model", required=True, type=Path, help="run directory of `mal segment train`")
-    e.add_argument("--images", required=True, type=Path)
+    e.add_argument("--images", required=True, type=Path, help="folder with the images")
     e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth masks")
     e.add_argument("--image-ids", type=Path, help="evaluate only these images (text file, one id per line)")
     e.add_argument("--protocol", choices=["full", "mask_only"], default="full",
                    help="full: the model's detections; mask_only: its masks for the ground-truth boxes "
                         "(score 1), measuring the mask head alone")
-    e.add_argument("--device", default="auto")
-    e.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto")
-    e.add_argument("--num-workers", type=int, default=1)
+    e.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, ...")
+    e.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
+                   help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+    e.add_argument("--num-workers", type=int, default=1, help="image reading processes")
     e.add_argument("--json", type=Path, help="also write the report here")
     e.set_defaults(func=_eval)
 
     r = sub.add_parser("retention", help="train the same segmenter on human masks and on auto-labels; "
                                          "compare their AP on held-out images")
-    r.add_argument("--images", required=True, type=Path)
+    r.add_argument("--images", required=True, type=Path, help="folder with the images")
     r.add_argument("--gt", required=True, type=Path, help="COCO JSON with human masks")
     r.add_argument("--pseudo", required=True, nargs="+",
                    help="auto-label COCO files (same boxes), as NAME=PATH or PATH (named by its stem)")
@@ -152,8 +155,8 @@ def add_parsers(sub) -> None:
     r.add_argument("--train-ids", type=Path, help="training image ids (text file); with --eval-ids")
     r.add_argument("--eval-ids", type=Path, help="held-out image ids (text file); never trained on")
     r.add_argument("--split-key", default="coco_split", help="image field that names the split")
-    r.add_argument("--train-split", default="train2017")
-    r.add_argument("--eval-split", default="val2017")
+    r.add_argument("--train-split", default="train2017", help="--split-key value of the training images")
+    r.add_argument("--eval-split", default="val2017", help="--split-key value of the held-out images")
     r.add_argument("--eval-fraction", type=float,
                    help="random held-out fraction (seeded) when images carry no split field")
     r.add_argument("--no-untrained", action="store_true", help="skip scoring the untrained model (the floor)")

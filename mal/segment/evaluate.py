@@ -25,12 +25,12 @@ from torch.utils.data import DataLoader
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.models.detection.transform import resize_boxes
-from tqdm import tqdm
 
 from ..data.coco import BoxDataset, CocoError
 from ..data.dataset import ImageReader, collate_single
 from ..errors import MalError
 from ..evaluate import to_rle
+from ..progress import progress as progress_bar
 from ..runtime import autocast, resolve_device, resolve_precision
 from .data import AGNOSTIC, load_instances
 from .intervals import accumulate_ap, match_tables, weighted_means
@@ -101,7 +101,9 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
     loader = DataLoader(ImageReader([(e, records.get(e["id"], [])) for e in entries], data), batch_size=1,
                         collate_fn=collate_single, num_workers=num_workers)
     results: list[dict] = []
-    for item in tqdm(loader, total=len(entries), desc="segmenting", unit="img", disable=not progress):
+    bar = progress_bar(len(entries), desc="segmenting", unit="img", enabled=progress)
+    for item in loader:
+        bar.update(1)
         if "error" in item:
             raise CocoError(item["error"])
         image = (torch.from_numpy(np.array(item["pixels"])).permute(2, 0, 1).float() / 255).to(dev)
@@ -126,6 +128,7 @@ def predict(model: MaskRCNN, cfg: SegmenterConfig, data: BoxDataset, image_ids: 
             for r, ann_id in zip(found, ann_ids):
                 r["gt_id"] = ann_id
         results += found
+    bar.close()
     return results
 
 

@@ -93,5 +93,5 @@ def show(images_dir: str | os.PathLike, preds: list, out_dir: str | os.PathLike,
     page = render_page(rows, order, cols=cols, pnames=pnames, images=images, cat_names=cat_names, sort=used,
                        left_out=left_out, exif=exif, gt_iou=gt_iou, mean_iou=mean_iou)
     index = out_dir / "index.html"
-    write_text_atomic(page, index, mode=0o644)  # a shared page should be readable by others
+    write_text_atomic(page, index)
     return index
