@@ -24,7 +24,8 @@ def _train(a) -> None:
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=r.min_area,
                 max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
                 devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
-                seed=a.seed, resume=a.resume, strict=a.strict)
+                seed=a.seed, resume=a.resume, strict=a.strict, masks=a.masks,
+                masks_reviewed_only=a.masks_reviewed_only)
     if rank_zero_only.rank == 0:  # every DDP process runs this; one line is enough
         print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
 
@@ -206,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
                         "unreadable images) instead of warning")
+    t.add_argument("--masks", type=Path, help="COCO file of human masks (polygons or RLE) for some of the boxes, "
+                   "same annotation ids and boxes (e.g. from mal import): those boxes are trained on their mask "
+                   "(weight --mask-weight)")
+    t.add_argument("--masks-reviewed-only", action="store_true",
+                   help="take only the masks marked mal_reviewed: true (changed by a person in the review)")
     t.set_defaults(func=_train)
 
     lb = sub.add_parser("label", help="give every box of a COCO file a mask")
