@@ -136,6 +136,11 @@ def _export(a) -> None:
                  warn_iou=a.warn_iou, overwrite=a.overwrite, yolo_max_points=a.yolo_max_points))
 
 
+def _import(a) -> None:
+    from .export import import_masks
+    print(import_masks(a.pred, a.input, a.out, format=a.format))
+
+
 def _demo(a) -> None:
     from .demo import run_demo
     run_demo(a.out, epochs=a.epochs)
@@ -298,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--png", choices=["instances", "labelmap", "both"], default="both",
                     help="png: one 0/255 PNG per instance, a 16-bit label map per image, or both")
     ex.set_defaults(func=_export)
+
+    im = sub.add_parser("import", help="read masks people reviewed (a Label Studio export of the tasks `mal export` "
+                        "wrote) back into a COCO file for `mal train --masks`")
+    im.add_argument("--format", choices=["label-studio"], default="label-studio",
+                    help="label-studio: the project's JSON export (Export > JSON)")
+    im.add_argument("--pred", required=True, type=Path, help="the labeled COCO file that was exported for review")
+    im.add_argument("--input", required=True, type=Path, help="the review tool's export (Label Studio: JSON)")
+    im.add_argument("--out", required=True, type=Path, help="output COCO JSON: the reviewed masks (RLE) with "
+                    "their original annotation ids; mal_reviewed: true where a person changed the mask")
+    im.set_defaults(func=_import)
 
     from .segment.cli import add_parsers as add_segment_parsers
     add_segment_parsers(sub)
