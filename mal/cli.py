@@ -24,7 +24,8 @@ def _train(a) -> None:
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=r.min_area,
                 max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
                 devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
-                seed=a.seed, resume=a.resume, strict=a.strict)
+                seed=a.seed, resume=a.resume, strict=a.strict, masks=a.masks,
+                masks_reviewed_only=a.masks_reviewed_only)
     if rank_zero_only.rank == 0:  # every DDP process runs this; one line is enough
         print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
 
@@ -135,6 +136,11 @@ def _export(a) -> None:
     from .export import export
     print(export(a.pred, a.out, formats=a.format or ["coco-polygons"], images=a.images, png=a.png,
                  warn_iou=a.warn_iou, overwrite=a.overwrite, yolo_max_points=a.yolo_max_points))
+
+
+def _import(a) -> None:
+    from .export import import_masks
+    print(import_masks(a.pred, a.input, a.out, format=a.format))
 
 
 def _demo(a) -> None:
@@ -250,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
                         "unreadable images) instead of warning")
+    t.add_argument("--masks", type=Path, help="COCO file of human masks (polygons or RLE) for some of the boxes, "
+                   "same annotation ids and boxes (e.g. from mal import): those boxes are trained on their mask "
+                   "(weight --mask-weight)")
+    t.add_argument("--masks-reviewed-only", action="store_true",
+                   help="take only the masks marked mal_reviewed: true (changed by a person in the review)")
     t.set_defaults(func=_train)
 
     lb = sub.add_parser("label", help="give every box of a COCO file a mask")
@@ -343,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--png", choices=["instances", "labelmap", "both"], default="both",
                     help="png: one 0/255 PNG per instance, a 16-bit label map per image, or both")
     ex.set_defaults(func=_export)
+
+    im = sub.add_parser("import", help="read masks people reviewed (a Label Studio export of the tasks `mal export` "
+                        "wrote) back into a COCO file for `mal train --masks`")
+    im.add_argument("--format", choices=["label-studio"], default="label-studio",
+                    help="label-studio: the project's JSON export (Export > JSON)")
+    im.add_argument("--pred", required=True, type=Path, help="the labeled COCO file that was exported for review")
+    im.add_argument("--input", required=True, type=Path, help="the review tool's export (Label Studio: JSON)")
+    im.add_argument("--out", required=True, type=Path, help="output COCO JSON: the reviewed masks (RLE) with "
+                    "their original annotation ids; mal_reviewed: true where a person changed the mask")
+    im.set_defaults(func=_import)
 
     from .segment.cli import add_parsers as add_segment_parsers
     add_segment_parsers(sub)

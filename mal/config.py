@@ -59,6 +59,9 @@ class TrainConfig:
     freeze_encoder: float = 0.0         # fraction of encoder parameters (input side first) kept frozen
     anchor_weight: float = 0.0          # Dice to the frozen starting model's masks (WeSAM's anchor)
     iou_weight: float = 0.0             # MSE of the decoder's IoU head to the mask's IoU with the CRF target
+    # Boxes given a human mask (mal train --masks) trade MIL + CRF (+ anchor) for BCE + Dice to that
+    # mask, at this weight: the MIL weight, so that such a box counts about as much as any other.
+    mask_weight: float = 4.0
     total_steps: int = 1000             # set by api.train from epochs x batches
 
 

@@ -112,12 +112,17 @@ def build_trainer(out: Path, *, accelerator: str, precision: str, devices: int |
 
 def check_same_run(ckpt: Path, hparams: dict) -> None:
     """--resume continues the run in ``ckpt`` only with the model and losses it was started with:
-    any other ``labeler`` / ``train`` setting (other than the schedule's length) is one clear error
-    instead of a state-dict mismatch deep inside Lightning."""
+    any other ``labeler`` / ``train`` setting (other than the schedule's length) or other human
+    masks (``given_masks``, mal train --masks) is one clear error instead of a state-dict mismatch
+    deep inside Lightning or a silently different run. Settings newer than the checkpoint (absent
+    from it) are not compared, so runs started by an older version still resume."""
     saved = torch.load(str(ckpt), map_location="cpu", weights_only=False).get("hyper_parameters", {})
     diffs = [f"{group}.{k}: {saved[group].get(k)!r} in the checkpoint, {v!r} now"
              for group in ("labeler", "train") if isinstance(saved.get(group), dict)
-             for k, v in hparams.get(group, {}).items() if k != "total_steps" and saved[group].get(k) != v]
+             for k, v in hparams.get(group, {}).items()
+             if k != "total_steps" and k in saved[group] and saved[group].get(k) != v]
+    if saved.get("given_masks") != hparams.get("given_masks"):
+        diffs.append(f"masks: {saved.get('given_masks')} in the checkpoint, {hparams.get('given_masks')} now")
     if diffs:
         raise MalError(f"{ckpt}: --resume needs the settings the run was started with; "
                          f"{len(diffs)} differ: " + "; ".join(diffs[:4]))

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from .config import LabelerConfig, Schedule, TrainConfig, recipe
 from .data.coco import BoxDataset, load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
-from .losses import crf_loss, dice_loss, mil_loss
+from .data.given_masks import GivenMasks, load_given_masks
+from .losses import crf_loss, dice_loss, mask_loss, mil_loss
 from .modeling.encoder import WeightsError, freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
@@ -80,10 +81,12 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class MALModule(L.LightningModule):
     """Student trained by gradient; teacher = EMA of the student, used for the CRF target and
-    exported as the final labeler."""
+    exported as the final labeler. ``given_masks``: the identity of ``mal train --masks``'s file
+    (:meth:`GivenMasks.identity`), kept in the checkpoint for --resume to compare."""
 
     def __init__(self, labeler: dict, train: dict, weights: str | None = None, strict_weights: bool = True,
-                 neck_weights: str | None = None, decoder_weights: str | None = None):
+                 neck_weights: str | None = None, decoder_weights: str | None = None,
+                 given_masks: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.labeler_config = LabelerConfig(**labeler)
@@ -151,7 +154,16 @@ class MALModule(L.LightningModule):
             self.teacher.eval()
             teacher_p = self._probs(self.teacher, batch["image"], feats, batch)[0]
 
-        mil = mil_loss(student_p, box).mean()
+        # Boxes given a human mask (batch "has_mask", with --masks) are trained on it; the others, on
+        # their box. Each loss is summed over its boxes / all boxes: with no masks, the usual means.
+        has = batch.get("has_mask")
+        keep = None if has is None else ~has
+        n = box.shape[0]
+
+        def over_boxes(v: torch.Tensor) -> torch.Tensor:
+            return v.mean() if keep is None else v[keep].sum() / n
+
+        mil = over_boxes(mil_loss(student_p, box))
         # CRF colour features: the clean, normalised crop (or the box's window) at the mask's resolution.
         clean = self.student.normalize(batch["image"])
         small = (self._in_windows(clean, batch, 1.0, per_box=False) if "windows" in batch else
@@ -159,16 +171,23 @@ class MALModule(L.LightningModule):
                                antialias=True))
         crf, target = crf_loss(student_p, teacher_p, small, box, zeta=c.crf_zeta, iters=c.crf_iters,
                                kernel_size=c.crf_kernel, clamp=tuple(c.crf_clamp))
-        crf = crf.mean()
+        crf = over_boxes(crf)
         w_mil = c.mil_weight * self.schedule.mil_factor(self.global_step)
         w_crf = c.crf_weight * self.schedule.crf_factor(self.global_step)
         loss = w_mil * mil + w_crf * crf
         logs = {"mil": mil, "crf": crf}
+        if has is not None:
+            given = batch["given_mask"].float()
+            supervised = mask_loss(student_p[has], given[has]).sum() / n
+            loss = loss + c.mask_weight * supervised
+            logs["mask"] = supervised
+            # The IoU head learns the IoU with the given mask where there is one.
+            target = torch.where(has[:, None, None], (given > 0.5).to(target.dtype), target)
         if self.anchor is not None:
             with torch.no_grad():
                 self.anchor.eval()
                 a_prob = self._probs(self.anchor, batch["image"], feats, batch)[0]
-            anchor = dice_loss(student_p, (a_prob > 0.5).float() * box).mean()
+            anchor = over_boxes(dice_loss(student_p, (a_prob > 0.5).float() * box))
             loss = loss + c.anchor_weight * anchor
             logs["anchor"] = anchor
         if student_iou is not None and c.iou_weight > 0:
@@ -265,18 +284,20 @@ def resolve_decoder(decoder: str, backbone: str, neck_weights: str | Path | None
 
 
 def train_dataset(data: BoxDataset, labeler: LabelerConfig, batch_size: int, *, min_area: float,
-                  max_margin: float) -> tuple[TrainCrops | TrainImages, int, int, Callable | None]:
+                  max_margin: float, masks: GivenMasks | None = None
+                  ) -> tuple[TrainCrops | TrainImages, int, int, Callable | None]:
     """The training set of ``labeler``'s view -> (dataset, items per batch, boxes trained on, collate).
 
     View "crop": one item per box. View "image": one item per image, with up to BOXES_PER_IMAGE
     of its boxes, so ``batch_size`` (which counts boxes) becomes images per batch. (Not a
     LightningDataModule: the loader's batch size and the schedule's length are needed before fit(),
-    when a DataModule's hooks have not run, so it would only move these lines behind them.)"""
+    when a DataModule's hooks have not run, so it would only move these lines behind them.)
+    ``masks``: human masks of some boxes (``--masks``), trained on whatever their area."""
     if labeler.view == "image":
         ds = TrainImages(data, labeler.crop_size, min_area=min_area, max_margin=max_margin,
-                         boxes_per_image=BOXES_PER_IMAGE, box_frame=labeler.box_frame)
+                         boxes_per_image=BOXES_PER_IMAGE, box_frame=labeler.box_frame, masks=masks)
         return ds, max(1, batch_size // BOXES_PER_IMAGE), ds.num_boxes, collate_images
-    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin)
+    ds = TrainCrops(data, labeler.crop_size, min_area=min_area, max_margin=max_margin, masks=masks)
     return ds, batch_size, len(ds), None
 
 
@@ -288,7 +309,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
                   min_area: float | None = None, max_margin: float = 1.2, precision: str = "auto",
                   accelerator: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
                   num_workers: int = 1, seed: int = 0, resume: bool = False, strict: bool = False,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, masks: str | Path | dict | None = None,
+                  masks_reviewed_only: bool = False) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
     ``labeler`` / ``train_config`` default to the decoder's recipe (:data:`mal.config.RECIPES`), for
@@ -303,6 +325,10 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     default to the decoder's recipe. ``max_steps``: that many steps; None: ``epochs``, capped at the
     recipe's ``max_steps`` (the sam recipe's bounds a CPU run on dense data, where tiles multiply the frames);
     -1: ``epochs``, uncapped.
+    ``masks``: a COCO file (or dict) of human masks for some of the boxes (same annotation ids and
+    boxes, see :mod:`mal.data.given_masks`): those boxes are trained on their mask (BCE + Dice,
+    weighted by ``TrainConfig.mask_weight``) instead of MIL + CRF; ``masks_reviewed_only`` keeps
+    only the masks marked ``mal_reviewed: true`` (by ``mal import``: changed by a person).
     """
     out = Path(out)
     for flag, f in (("--weights", weights), ("--neck-weights", neck_weights), ("--decoder-weights", decoder_weights)):
@@ -319,8 +345,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     max_steps = -1 if max_steps is None else max_steps
     L.seed_everything(seed, workers=True, verbose=False)
     data = load_boxes(annotations, images, skip_crowd=True, strict=strict)
+    given = None if masks is None else load_given_masks(masks, data, reviewed_only=masks_reviewed_only)
     ds, batch_size, n_boxes, collate = train_dataset(data, labeler, batch_size, min_area=min_area,
-                                                     max_margin=max_margin)
+                                                     max_margin=max_margin, masks=given)
 
     acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
@@ -349,6 +376,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
              len(data.records), min_area, steps, world, loader.batch_size, unit)
     log.info("images are decoded as training reaches them: an unreadable one is %s then",
              "an error" if strict else "skipped and reported")
+    if given is not None:
+        log.info("%d of them with a human mask from %s (BCE + Dice, weight %g)", len(given.rles),
+                 given.source, cfg.mask_weight)
     sch = Schedule.of(cfg)
     log.info("schedule: warm-up %d steps, MIL ramp %d, CRF ramp %d, teacher EMA momentum %.4f",
              sch.warmup, sch.mil_ramp, sch.crf_ramp, sch.ema_momentum)
@@ -358,7 +388,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     module = MALModule(**module_kwargs(labeler, cfg, weights=str(weights) if weights else None,
                                        strict_weights=strict_weights,
                                        neck_weights=str(neck_weights) if neck_weights else None,
-                                       decoder_weights=str(decoder_weights) if decoder_weights else None))
+                                       decoder_weights=str(decoder_weights) if decoder_weights else None,
+                                       given_masks=None if given is None else given.identity()))
     t0 = time.perf_counter()
     fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:

@@ -20,3 +20,17 @@ def test_readme_predictor_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), scope)
     masks, scores = scope["masks"], scope["scores"]
     assert masks.shape == (1, 240, 320) and masks.dtype == bool and masks[0].any() and 0 <= scores[0] <= 1
+
+
+def test_readme_review_loop_commands_parse():
+    """Every command of the README's review loop is one the CLI accepts as written."""
+    import shlex
+
+    from mal.cli import build_parser
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S) if "mal import" in b)
+    lines = [ln for ln in block.replace("\\\n", " ").splitlines() if ln.startswith("mal ")]
+    assert [ln.split()[1] for ln in lines] == ["train", "label", "show", "export", "import", "train", "label"]
+    for ln in lines:
+        args = build_parser().parse_args(shlex.split(ln)[1:])
+        if args.command == "train" and args.masks:
+            assert str(args.masks) == "reviewed.json"

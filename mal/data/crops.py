@@ -56,20 +56,27 @@ def random_ratios(rng: np.random.Generator, max_margin: float) -> tuple[float, f
     return (1 + m[0] * gx, 1 + m[1] * gy, 1 + m[2] * (1 - gx), 1 + m[3] * (1 - gy))
 
 
-def crop_and_resize(image: np.ndarray, window, size: int) -> np.ndarray:
+def crop_and_resize(image: np.ndarray, window, size: int, fill=FILL_RGB) -> np.ndarray:
     """Cut ``window`` (int x0,y0,x1,y1, may leave the image) out of an HxWx3 uint8 image, fill the
-    outside with FILL_RGB, and resize it to ``size x size`` (aspect ratio is not kept, as in MAL).
+    outside with ``fill`` (FILL_RGB), and resize it to ``size x size`` (aspect ratio is not kept, as in
+    MAL). Also any HxW float map (e.g. a mask, with ``fill`` 0): see :func:`crop_mask`.
     """
     H, W = image.shape[:2]
     x0, y0, x1, y1 = (int(v) for v in window)
-    canvas = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
-    canvas[:] = np.round(FILL_RGB).astype(np.uint8)
+    canvas = np.empty((y1 - y0, x1 - x0) + image.shape[2:], dtype=image.dtype)
+    canvas[:] = np.round(fill).astype(np.uint8) if image.dtype == np.uint8 else fill
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
     if sx1 > sx0 and sy1 > sy0:
         canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
     shrinking = canvas.shape[0] > size or canvas.shape[1] > size
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR  # area averaging avoids aliasing
     return cv2.resize(canvas, (size, size), interpolation=interp)
+
+
+def crop_mask(mask: np.ndarray, window, size: int) -> np.ndarray:
+    """An HxW mask cut to ``window`` and resized to ``size x size`` as :func:`crop_and_resize` does the
+    image (0 outside the image): float32, fractional where the resize averages pixels."""
+    return crop_and_resize(mask.astype(np.float32), window, size, fill=0.0)
 
 
 def box_in_crop(box_xyxy, window, size: int) -> np.ndarray:

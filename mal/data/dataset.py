@@ -15,10 +15,12 @@ from .crops import (
     box_in_crop,
     box_mask,
     crop_and_resize,
+    crop_mask,
     expand_box,
     random_ratios,
     xywh_to_xyxy,
 )
+from .given_masks import GivenMasks
 from .images import ImageError, read_sized_image
 from .tiles import image_tiles
 
@@ -41,7 +43,9 @@ class TrainCrops(Dataset):
 
     Item: ``image`` (3, S, S) uint8 clean crop (teacher), ``image_aug`` (3, S, S) uint8 (student),
     ``box_mask`` (S/4, S/4) float, 1 inside the box at the decoder's output resolution, ``boxes`` (4,)
-    float x0,y0,x1,y1 in crop pixels (the prompt of a box-prompted decoder).
+    float x0,y0,x1,y1 in crop pixels (the prompt of a box-prompted decoder). With ``masks`` (human
+    masks of some boxes) also ``given_mask`` (S/4, S/4) float, that mask in the same geometry (zeros
+    for a box without one), and ``has_mask`` () bool; a box with a mask is trained on whatever its area.
 
     An unreadable image (see :func:`read_image_item`) is reported once and its boxes are replaced by
     the next readable ones: losing a few training boxes is harmless, stopping a long run is not.
@@ -49,9 +53,9 @@ class TrainCrops(Dataset):
     """
 
     def __init__(self, data: BoxDataset, crop_size: int, *, min_area: float = 2048.0,
-                 max_margin: float = 1.2):
-        self.data = data
-        self.records = [r for r in data.records if r.bbox[2] * r.bbox[3] >= min_area]
+                 max_margin: float = 1.2, masks: GivenMasks | None = None):
+        self.data, self.masks = data, masks
+        self.records = [r for r in data.records if trained_on(r, min_area, masks)]
         if not self.records:
             raise MalError(f"no box has an area of at least {min_area:g} px "
                              f"({len(data.records)} boxes); lower --min-area")
@@ -80,12 +84,23 @@ class TrainCrops(Dataset):
         m = self.size // MASK_STRIDE
         cbox = box_in_crop(box, window, self.size)
         bmask = box_mask(cbox / MASK_STRIDE, m, m)
-        if rng.random() < 0.5:  # horizontal flip: geometric, so applied to crop, box mask and box alike
-            crop, bmask = crop[:, ::-1], bmask[:, ::-1]
+        given = None if self.masks is None else self.masks.decode(r.ann_id)
+        gmask = np.zeros((m, m), np.float32) if given is None else crop_mask(given, window, m)
+        if rng.random() < 0.5:  # horizontal flip: geometric, so applied to crop, masks and box alike
+            crop, bmask, gmask = crop[:, ::-1], bmask[:, ::-1], gmask[:, ::-1]
             cbox = np.array([self.size - cbox[2], cbox[1], self.size - cbox[0], cbox[3]])
         t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
-        return {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy()),
+        item = {"image": t, "image_aug": self.augment(t), "box_mask": torch.from_numpy(bmask.copy()),
                 "boxes": torch.from_numpy(cbox).float()}
+        if self.masks is not None:
+            item.update(given_mask=torch.from_numpy(gmask.copy()), has_mask=torch.tensor(given is not None))
+        return item
+
+
+def trained_on(r: BoxRecord, min_area: float, masks: GivenMasks | None, scale: float = 1.0) -> bool:
+    """Boxes of at least ``min_area`` px (at ``scale`` model pixels per image pixel) are trained on
+    (smaller ones show MIL too little shape), and every box with a given mask."""
+    return r.bbox[2] * r.bbox[3] * scale ** 2 >= min_area or (masks is not None and r.ann_id in masks.rles)
 
 
 class ImageCrops(Dataset):
@@ -151,13 +166,15 @@ class TrainImages(Dataset):
     a small box that the zoom enlarges is trained on.
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
-    in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m.
+    in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m; with
+    ``masks``, ``given_mask`` (K, m, m) and ``has_mask`` (K,) as in :class:`TrainCrops`.
     Collate with :func:`collate_images`. Unreadable images are skipped as in :class:`TrainCrops`.
     """
 
     def __init__(self, data: BoxDataset, size: int, *, min_area: float = 2048.0, max_margin: float = 1.2,
-                 boxes_per_image: int = 8, loss_size: int = 64, box_frame: float = 0.0):
-        self.data = data
+                 boxes_per_image: int = 8, loss_size: int = 64, box_frame: float = 0.0,
+                 masks: GivenMasks | None = None):
+        self.data, self.masks = data, masks
         per_image: dict[int, list[BoxRecord]] = {}
         for r in data.records:
             per_image.setdefault(r.image_id, []).append(r)
@@ -167,7 +184,7 @@ class TrainImages(Dataset):
             windows, index = image_tiles(boxes, records[0].height, records[0].width, size, box_frame)
             for k, w in enumerate(windows):
                 scale = size / float(w[2] - w[0])
-                keep = [r for r, i in zip(records, index) if i == k and r.bbox[2] * r.bbox[3] * scale ** 2 >= min_area]
+                keep = [r for r, i in zip(records, index) if i == k and trained_on(r, min_area, masks, scale)]
                 if keep:
                     self.groups.append(keep)
                     self.frames.append(w)
@@ -189,7 +206,7 @@ class TrainImages(Dataset):
         frame = self.frames[i]
         crop = crop_and_resize(image, frame, self.size)
         pick = rng.permutation(len(records))[:self.boxes_per_image]
-        boxes, windows, masks = [], [], []
+        boxes, windows, masks, given = [], [], [], []
         m = self.loss_size
         for k in pick:
             box = xywh_to_xyxy(records[k].bbox)
@@ -197,18 +214,26 @@ class TrainImages(Dataset):
             boxes.append(box_in_crop(box, frame, self.size))
             windows.append(box_in_crop(window, frame, self.size))
             masks.append(box_mask(box_in_crop(box, window, m), m, m))
+            if self.masks is not None:  # in the box's window (image pixels), as its box mask
+                g = self.masks.decode(records[k].ann_id)
+                given.append((np.zeros((m, m), np.float32) if g is None else crop_mask(g, window, m), g is not None))
         t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
-        return {"image": t, "image_aug": self.augment(t),
+        item = {"image": t, "image_aug": self.augment(t),
                 "boxes": torch.from_numpy(np.stack(boxes)).float(),
                 "windows": torch.from_numpy(np.stack(windows)).float(),
                 "box_mask": torch.from_numpy(np.stack(masks))}
+        if self.masks is not None:
+            item.update(given_mask=torch.from_numpy(np.stack([g for g, _ in given])),
+                        has_mask=torch.tensor([h for _, h in given]))
+        return item
 
 
 def collate_images(items: list[dict]) -> dict:
     """Batch :class:`TrainImages` items: images stacked, boxes concatenated with ``index`` (N,)."""
     out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug")}
-    for k in ("boxes", "windows", "box_mask"):
-        out[k] = torch.cat([it[k] for it in items])
+    for k in ("boxes", "windows", "box_mask", "given_mask", "has_mask"):
+        if k in items[0]:
+            out[k] = torch.cat([it[k] for it in items])
     out["index"] = torch.cat([torch.full((len(it["boxes"]),), j, dtype=torch.long) for j, it in enumerate(items)])
     return out
 

@@ -44,10 +44,11 @@ from pycocotools import mask as mask_utils
 from ..atomic import default_mode
 from ..coco_masks import EvalError, index_by_id, load_coco, to_rle
 from .geometry import brush_rle, mask_to_polygons, mask_to_yolo, yolo_to_mask  # noqa: F401  (public API)
+from .reimport import IMPORT_FORMATS, ImportResult, import_masks  # noqa: F401  (mal import: the way back)
 from .writers import WRITERS, ExportError
 
-__all__ = ["FORMATS", "PNG_MODES", "ExportError", "ExportResult", "RoundTrip", "brush_rle", "export",
-           "mask_to_polygons", "mask_to_yolo", "yolo_to_mask"]
+__all__ = ["FORMATS", "IMPORT_FORMATS", "PNG_MODES", "ExportError", "ExportResult", "ImportResult", "RoundTrip",
+           "brush_rle", "export", "import_masks", "mask_to_polygons", "mask_to_yolo", "yolo_to_mask"]
 
 log = logging.getLogger("mal")
 FORMATS = ("coco-polygons", "yolo", "png", "label-studio")

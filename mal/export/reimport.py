@@ -1,0 +1,159 @@
+"""``mal import``: masks people reviewed, read back from the review tool into a COCO file keyed by the
+original annotation ids, for ``mal train --masks``.
+
+Label Studio: the JSON export (Export > JSON) of a project whose tasks ``mal export --format label-studio``
+wrote: each task names its COCO image (``data.coco_image_id``), each region its box (id ``ann<annotation
+id>``). Of each task's submitted annotations (cancelled ones aside) the last is read; each of its regions
+that is one of mal's becomes that box's mask (brush RLE decoded by ``label_studio_sdk``'s own decoder,
+polygons rasterised at the image size by pycocotools, as COCO polygons are), with ``mal_reviewed: true``
+where it differs from the labeled file's mask (a person changed it) and ``false`` where it was accepted
+as it was. Left out, and counted in the summary: tasks nobody submitted (nobody looked at them), regions
+deleted in the review (the box is still there; an empty mask would teach the wrong thing) and regions
+drawn from scratch (no box to key them by).
+
+Every problem (malformed JSON, a task or region that is not of this labeled file, a mask of the wrong
+size) is one :class:`ExportError` naming the task and region, raised before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..atomic import write_json_atomic
+from ..coco_masks import EvalError, encode_rle, to_rle
+from .writers import ExportError
+
+IMPORT_FORMATS = ("label-studio",)
+MAL_REGION = re.compile(r"ann(.+)")  # the region ids mal export writes: "ann<annotation id>"
+
+
+@dataclass
+class ImportResult:
+    out: Path
+    tasks: int = 0          # tasks read (with a submitted annotation)
+    changed: int = 0        # masks a person changed: mal_reviewed true
+    accepted: int = 0       # masks submitted as they were: mal_reviewed false
+    not_submitted: int = 0  # tasks without a submitted annotation: left out
+    deleted: int = 0        # mal's regions missing from the submitted annotation: left out
+    drawn: int = 0          # regions that are not mal's (drawn from scratch): left out
+
+    def __str__(self) -> str:
+        return (f"imported {self.changed + self.accepted} masks from {self.tasks} reviewed tasks to {self.out}: "
+                f"{self.changed} changed by a person (mal_reviewed: true), {self.accepted} accepted as they were; "
+                f"left out: {self.not_submitted} tasks nobody submitted, {self.deleted} regions deleted, "
+                f"{self.drawn} regions drawn from scratch (no box)  (next: mal train --masks {self.out} ...)")
+
+
+def import_masks(pred, tasks_file, out, format: str = "label-studio") -> ImportResult:
+    """Read ``tasks_file`` (a Label Studio JSON export) against ``pred``, the labeled COCO file that
+    ``mal export`` turned into its tasks, and write the reviewed masks to ``out`` (COCO, RLE)."""
+    from . import _read
+    if format not in IMPORT_FORMATS:
+        raise ExportError(f"import format must be one of {', '.join(IMPORT_FORMATS)}, not {format!r}")
+    coco, pred_name, per_image = _read(pred, stems=False)
+    images = {img["id"]: (img, anns) for img, anns in per_image}
+    tasks, name = _read_tasks(tasks_file)
+    res, anns, seen = ImportResult(Path(out)), [], {}
+    for i, task in enumerate(tasks):
+        tid = task.get("id", f"#{i}") if isinstance(task, dict) else f"#{i}"
+        where = f"{name}: task {tid}"
+        img, pairs = _task_image(task, images, where, pred_name)
+        if img["id"] in seen:
+            raise ExportError(f"{where}: image {img['id']} has a second task (also task {seen[img['id']]})")
+        seen[img["id"]] = tid
+        submitted = [a for a in task.get("annotations") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+        if not submitted:
+            res.not_submitted += 1
+            continue
+        res.tasks += 1
+        boxes = {str(a["id"]): (a, rle) for a, rle in pairs}
+        done = set()
+        for region in submitted[-1].get("result") or []:
+            if not isinstance(region, dict) or region.get("type") not in ("brushlabels", "polygonlabels"):
+                continue  # relations, choices, ...: not masks
+            m = MAL_REGION.fullmatch(str(region.get("id", "")))
+            if m is None:
+                res.drawn += 1
+                continue
+            key, rwhere = m[1], f"{where}: region {region.get('id')}"
+            if key not in boxes:
+                raise ExportError(f"{rwhere} is annotation {key}, which image {img['id']} of {pred_name} does not "
+                                  "have: an export of another project?")
+            if key in done:
+                raise ExportError(f"{rwhere} appears twice")
+            done.add(key)
+            a, rle = boxes[key]
+            mask = _region_mask(region, img, rwhere)
+            changed = not np.array_equal(mask, mask_utils.decode(rle).astype(bool))
+            res.changed += changed
+            res.accepted += not changed
+            anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                         "area": int(mask.sum()), "iscrowd": 0, "segmentation": encode_rle(mask),
+                         "mal_reviewed": bool(changed)})
+        res.deleted += sum(1 for k, (_, rle) in boxes.items() if k not in done and mask_utils.area(rle) > 0)
+    if not anns:
+        raise ExportError(f"{name}: no submitted mask of {pred_name} to import "
+                          f"({res.not_submitted} tasks nobody submitted); nothing written")
+    used = {a["image_id"] for a in anns}
+    write_json_atomic({"images": [img for img in coco["images"] if img["id"] in used],
+                       "annotations": anns, "categories": coco.get("categories") or []}, out)
+    return res
+
+
+def _read_tasks(path) -> tuple[list, str]:
+    name = str(path)
+    try:
+        tasks = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"cannot read Label Studio export {name}: {e}") from None
+    if not isinstance(tasks, list):
+        raise ExportError(f"{name} is not a Label Studio JSON export (a list of tasks), but a "
+                          f"{type(tasks).__name__}")
+    return tasks, name
+
+
+def _task_image(task, images: dict, where: str, pred_name: str) -> tuple[dict, list]:
+    """The labeled file's image of a task (and its (annotation, RLE) pairs), or why it is not one."""
+    data = task.get("data") if isinstance(task, dict) else None
+    iid = data.get("coco_image_id") if isinstance(data, dict) else None
+    if iid is None:
+        raise ExportError(f"{where} has no data.coco_image_id: not a task `mal export --format label-studio` wrote")
+    if iid not in images:
+        raise ExportError(f"{where} is for image {iid!r}, which {pred_name} does not have: an export of "
+                          "another project?")
+    img, pairs = images[iid]
+    url = str(data.get("image", ""))
+    if not (url == img["file_name"] or url.endswith("/" + img["file_name"])):
+        raise ExportError(f"{where} shows {url!r}, not {img['file_name']} (image {iid} of {pred_name}): "
+                          "an export of another project?")
+    return img, pairs
+
+
+def _region_mask(region: dict, img: dict, where: str) -> np.ndarray:
+    """A brush or polygon region -> HxW bool mask at the image's size."""
+    H, W = img["height"], img["width"]
+    size = (region.get("original_height", H), region.get("original_width", W))
+    if size != (H, W):
+        raise ExportError(f"{where} is on a {size[1]}x{size[0]} image, not {W}x{H} (image {img['id']})")
+    value = region.get("value") or {}
+    try:
+        if region["type"] == "brushlabels":
+            from label_studio_sdk.converter.brush import decode_rle
+            flat = decode_rle(value["rle"])
+            if flat.size != H * W * 4:
+                raise ExportError(f"{where}: brush RLE of {flat.size} values, not {W}x{H}x4")
+            return flat.reshape(H, W, 4)[:, :, 3] >= 128  # painted pixels are 255 (rgba)
+        pts = np.asarray(value["points"], dtype=np.float64) * [W / 100, H / 100]  # percent of the image
+        return mask_utils.decode(to_rle([pts.ravel().tolist()], H, W, where, "")).astype(bool)
+    except ExportError:
+        raise
+    except ImportError as e:
+        raise ExportError(f"reading Label Studio brushes needs label-studio-sdk (pip install 'mal[label-studio]'): "
+                          f"{e}") from None
+    except (EvalError, KeyError, TypeError, ValueError, IndexError) as e:
+        raise ExportError(f"{where}: cannot read its mask: {type(e).__name__}: {e}") from None
