@@ -29,6 +29,9 @@ class LabelerConfig:
     # frame of crop_size (SAM's 1024), encoded once, every box of it decoded on that one embedding.
     view: str = "crop"
     timm_kwargs: dict = field(default_factory=dict)  # extra timm constructor args (tiny test models)
+    # sam only: a box prompt is its two corners plus a padding point (SamOnnxModel, the ONNX engine), or
+    # the corners alone (False: segment-anything's SamPredictor, set for a --sam-checkpoint labeler).
+    box_padding: bool = True
 
 
 @dataclass

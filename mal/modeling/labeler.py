@@ -51,7 +51,7 @@ class MaskLabeler(nn.Module):
                 raise MalError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "
                                  f"{config.backbone} has stride {stride} at crop {config.crop_size}")
             self.neck = SamNeck(encoder.out_channels)
-            self.decoder = SamBoxDecoder()
+            self.decoder = SamBoxDecoder(pad_box=config.box_padding)
         else:
             self.decoder = MaskDecoder(encoder.out_channels, stride, config.decoder_dim, config.decoder_convs)
         self.register_buffer("pixel_mean", torch.tensor(encoder.mean).view(1, 3, 1, 1) * 255, persistent=False)
