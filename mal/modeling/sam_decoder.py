@@ -84,10 +84,12 @@ class SamBoxDecoder(nn.Module):
         src = embeddings[image_index] + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         pos = self.prompt_encoder.pe_layer((h, w)).to(src.dtype).unsqueeze(0).expand(n, -1, -1, -1)
         hs, src = md.transformer(src, pos, tokens)
-        mask_token = hs[:, 1]  # token 0: SAM's single-mask output
         up = md.output_upscaling(src.transpose(1, 2).reshape(n, C, h, w))  # (N, 32, 4h, 4w)
-        hyper = md.output_hypernetworks_mlps[0](mask_token)  # (N, 32)
-        logits = torch.einsum("nc,nchw->nhw", hyper, up)
+        # Every mask token's hypernetwork and one matmul, as segment-anything's MaskDecoder computes them:
+        # token 0 (SAM's single-mask output) then has the bits SamPredictor's has (a (N, 1, 32) product
+        # rounds differently). Tokens 1-3 cost little and are frozen.
+        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], 1)
+        logits = (hyper @ up.flatten(2))[:, 0].view(n, 4 * h, 4 * w)
         iou = md.iou_prediction_head(hs[:, 0])[:, 0]
         return logits, iou
 
