@@ -45,7 +45,11 @@ def _sam_checkpoint_recipe(a, r):
     ckpt = inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type)
     flags = {n: tuple(v) if isinstance(v, list) else v for n in RECIPE_FLAGS for v in [getattr(a, n)]}
     r = with_overrides(recipe("sam"), **flags)
-    return replace(r, labeler=ckpt.labeler_config(r.labeler)), *(ckpt.path,) * 3
+    train = r.train if a.embed_cache_gb is not None else replace(r.train, embed_cache_gb=SAM_EMBED_CACHE_GB)
+    return replace(r, labeler=ckpt.labeler_config(r.labeler), train=train), *(ckpt.path,) * 3
+
+
+SAM_EMBED_CACHE_GB = 4.0  # --sam-checkpoint's default embedding cache (ViT-H: about 1000 images in fp32)
 
 
 # `mal train` flags that override the decoder's recipe (mal.config.RECIPES): unset = the recipe's.

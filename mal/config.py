@@ -60,6 +60,11 @@ class TrainConfig:
     anchor_weight: float = 0.0          # Dice to the frozen starting model's masks (WeSAM's anchor)
     iou_weight: float = 0.0             # MSE of the decoder's IoU head to the mask's IoU with the CRF target
     total_steps: int = 1000             # set by api.train from epochs x batches
+    # Frozen image side, view image: each image's embedding computed once and reused in later epochs
+    # (mal.embedding_cache), up to this many GiB in host memory, then this many on disk (RUN/embeddings);
+    # the student then sees the clean image's embedding (no photometric augmentation). 0: off.
+    embed_cache_gb: float = 0.0
+    embed_cache_disk_gb: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,7 @@ class MALModule(L.LightningModule):
         box = batch["box_mask"].float()
         feats = feats_aug = None
         if self.frozen_image_side():
-            with torch.no_grad():
-                feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
+            feats_aug, feats = self._frozen_embeddings(batch)
         student_p, student_iou = self._probs(self.student, batch["image_aug"], feats_aug, batch)
         with torch.no_grad():
             self.teacher.eval()
@@ -178,6 +177,31 @@ class MALModule(L.LightningModule):
         self.log_dict({"loss": loss, **logs}, prog_bar=True, on_step=True,
                       batch_size=box.shape[0], sync_dist=False)
         return loss
+
+    def on_fit_start(self) -> None:
+        c = self.cfg
+        self.embed_cache = None
+        if (c.embed_cache_gb > 0 or c.embed_cache_disk_gb > 0) and self.frozen_image_side():
+            from .embedding_cache import EmbeddingCache
+            folder = Path(self.trainer.default_root_dir) / "embeddings" / f"rank{self.global_rank}"
+            self.embed_cache = EmbeddingCache(c.embed_cache_gb * 2**30, c.embed_cache_disk_gb * 2**30, folder)
+
+    def on_fit_end(self) -> None:
+        if getattr(self, "embed_cache", None) is not None:
+            log.info("embedding cache: %d images (%d hits, %d misses)", len(self.embed_cache),
+                     self.embed_cache.hits, self.embed_cache.misses)
+            self.embed_cache.clear()
+
+    def _frozen_embeddings(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student's, teacher's) features of a frozen image side: of the augmented and the clean image,
+        or, with the embedding cache (view image), the clean image's for both, computed once per image."""
+        with torch.no_grad():
+            if getattr(self, "embed_cache", None) is not None and "image_id" in batch:
+                feats = self.embed_cache.get(batch["image_id"].tolist(),
+                                             lambda i: self.student.embed(batch["image"][i.to(self.device)]),
+                                             self.device)
+                return feats, feats
+            return self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

@@ -149,7 +149,8 @@ class TrainImages(Dataset):
     expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed.
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
-    in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m.
+    in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m,
+    ``image_id`` (the COCO id of the image read: the key of :class:`mal.embedding_cache.EmbeddingCache`).
     Collate with :func:`collate_images`. Unreadable images are skipped as in :class:`TrainCrops`.
     """
 
@@ -191,12 +192,12 @@ class TrainImages(Dataset):
         return {"image": t, "image_aug": self.augment(t),
                 "boxes": torch.from_numpy(np.stack(boxes)).float(),
                 "windows": torch.from_numpy(np.stack(windows)).float(),
-                "box_mask": torch.from_numpy(np.stack(masks))}
+                "box_mask": torch.from_numpy(np.stack(masks)), "image_id": torch.tensor(records[0].image_id)}
 
 
 def collate_images(items: list[dict]) -> dict:
     """Batch :class:`TrainImages` items: images stacked, boxes concatenated with ``index`` (N,)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug")}
+    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug", "image_id")}
     for k in ("boxes", "windows", "box_mask"):
         out[k] = torch.cat([it[k] for it in items])
     out["index"] = torch.cat([torch.full((len(it["boxes"]),), j, dtype=torch.long) for j, it in enumerate(items)])
