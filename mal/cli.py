@@ -104,15 +104,20 @@ def _label(a) -> None:
                     precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
                     skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
         return
+    from .engines import build_engine, label_with_engine
+    kwargs = {}
     if a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
         from .api import label
-        from .modeling.sam_checkpoint import build_sam_labeler
+        from .modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint
+        if inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type).sam_type == "sam2":
+            print(label_with_engine(build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device), a.images,
+                                    a.annotations, a.out, num_workers=a.num_workers,
+                                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
+            return
         print(label(build_sam_labeler(a.sam_checkpoint, a.sam_type), a.images, a.annotations, a.out,
                     batch_size=a.batch_size, device=a.device, precision=a.precision, threshold=a.threshold,
                     num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
         return
-    from .engines import build_engine, label_with_engine
-    kwargs = {}
     if a.engine == "sam":
         if not (a.sam_encoder and a.sam_decoder):
             raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
@@ -250,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--model", type=Path, help="run directory of `mal train`, a .ckpt, or the directory of "
                     "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
     lb.add_argument("--sam-checkpoint", type=Path, help="a Segment-Anything checkpoint (sam_vit_{b,l,h}_*.pth, "
-                    "mobile_sam.pt), run in torch (engine sam; instead of the ONNX pair)")
+                    "mobile_sam.pt, sam2.1_hiera_*.pt), run in torch (engine sam; instead of the ONNX pair)")
     lb.add_argument("--sam-type", choices=["vit_b", "vit_l", "vit_h", "vit_t"],
                     help="the --sam-checkpoint's model type, checked against the file (default: read from it)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")

@@ -3,6 +3,7 @@
 - ``box``: the filled box (the floor every method must beat).
 - ``grabcut``: OpenCV GrabCut initialised with the box.
 - ``sam``: zero-shot box-prompted Segment-Anything from two ONNX files (encoder, decoder).
+- ``sam2``: zero-shot box-prompted SAM 2 / 2.1 from one checkpoint (Meta's ``sam2`` package).
 - ``mal``: a trained labeler, ``build_engine("mal", model="runs/mal")`` (``mal label`` runs it batched).
 
 Any engine labels a COCO file with :func:`label_with_engine`, or one image in memory through
@@ -15,12 +16,12 @@ from .base import Engine, label_with_engine
 
 __all__ = ["Engine", "ENGINE_NAMES", "build_engine", "label_with_engine"]
 
-ENGINE_NAMES = ("sam", "grabcut", "box", "mal")
+ENGINE_NAMES = ("sam", "sam2", "grabcut", "box", "mal")
 
 
 def build_engine(name: str, **kwargs) -> Engine:
     """Build the engine called ``name`` ("sam", "grabcut", "box" or "mal"); ``kwargs`` go to its
-    constructor (e.g. ``encoder_path=``, ``decoder_path=`` for "sam", ``iterations=`` for "grabcut",
+    constructor (e.g. ``encoder_path=``, ``decoder_path=`` for "sam", ``checkpoint=`` for "sam2", ``iterations=`` for "grabcut",
     ``model=`` a run directory and optionally ``device=``, ``precision=`` for "mal")."""
     key = str(name).strip().lower()
     if key == "box":
@@ -32,6 +33,9 @@ def build_engine(name: str, **kwargs) -> Engine:
     if key == "sam":
         from .sam import SamEngine  # imports onnxruntime only when asked for
         return SamEngine(**kwargs)
+    if key == "sam2":
+        from .sam2 import Sam2Engine  # imports sam2 (and hydra) only when asked for
+        return Sam2Engine(**kwargs)
     if key == "mal":
         if "model" not in kwargs:
             raise MalError("build_engine('mal') needs model= (a `mal train` run directory or .ckpt)")

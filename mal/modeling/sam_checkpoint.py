@@ -69,8 +69,9 @@ class SamViTTrunk(ImageEncoderViT):
 
 @dataclass
 class SamCheckpoint:
-    """What a SAM checkpoint holds: ``sam_type`` (vit_b/l/h, "vit" for another ViT size, vit_t), the
-    mal backbone that runs its image encoder and that backbone's constructor arguments."""
+    """What a SAM checkpoint holds: ``sam_type`` (vit_b/l/h, "vit" for another ViT size, vit_t, or sam2:
+    a SAM 2 file, for :class:`mal.engines.sam2.Sam2Engine`), the mal backbone that runs its image encoder
+    and that backbone's constructor arguments."""
     path: Path
     sam_type: str
     backbone: str
@@ -80,6 +81,10 @@ class SamCheckpoint:
     def labeler_config(self, base=None):
         """``base`` (default: the sam recipe's labeler) with this checkpoint's trunk, in its own frame."""
         from ..config import recipe
+        if self.sam_type == "sam2":
+            raise MalError(f"{self.path}: a SAM 2 checkpoint labels zero-shot (mal label --engine sam) but cannot "
+                           "start the labeler: SAM 2's mask decoder also reads the image encoder's stride-4 and "
+                           "stride-8 features, which mal's sam labeler does not carry")
         base = base or recipe("sam").labeler
         return replace(base, decoder="sam", backbone=self.backbone, timm_kwargs=dict(self.encoder_kwargs),
                        crop_size=self.img_size, view="image", box_padding=False)
@@ -98,6 +103,12 @@ def inspect_sam_checkpoint(path: str | Path, sam_type: str | None = None) -> Sam
     if sam_type is not None and sam_type not in SAM_TYPES:
         raise MalError(f"--sam-type must be one of {', '.join(SAM_TYPES)}, not {sam_type!r}")
     sd = read_state_dict(path)
+    from ..engines.sam2 import is_sam2_checkpoint
+    if is_sam2_checkpoint(sd):  # zero-shot engine only (mal.engines.sam2 says why)
+        ckpt = SamCheckpoint(path, "sam2", "")
+        if sam_type is not None:
+            raise WeightsError(f"{path}: --sam-type {sam_type}, but the file is a SAM 2 checkpoint")
+        return ckpt
     enc = {k.removeprefix("image_encoder."): v for k, v in sd.items() if k.startswith("image_encoder.")}
     has_decoder = any(k.startswith("mask_decoder.") for k in sd) and any(k.startswith("prompt_encoder.") for k in sd)
     if not enc or not has_decoder:
