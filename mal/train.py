@@ -99,11 +99,20 @@ class MALModule(L.LightningModule):
             self.student.neck.requires_grad_(False)  # the whole image side stays SAM's
         if self.labeler_config.decoder == "sam" and self.cfg.iou_weight <= 0:
             self.student.decoder.mask_decoder.iou_prediction_head.requires_grad_(False)  # no loss: no use
-        self.teacher: MaskLabeler = copy.deepcopy(self.student)
+        self.teacher: MaskLabeler = copy.deepcopy(self.student, self._shared_image_side())
         self.teacher.requires_grad_(False)
         # The starting model, frozen: an anchor that keeps a pretrained decoder from drifting (e.g.
         # towards the filled box, which satisfies the MIL loss). Not saved when unused.
-        self.anchor = copy.deepcopy(self.student).requires_grad_(False) if self.cfg.anchor_weight > 0 else None
+        self.anchor = (copy.deepcopy(self.student, self._shared_image_side()).requires_grad_(False)
+                       if self.cfg.anchor_weight > 0 else None)
+
+    def _shared_image_side(self) -> dict:
+        """A deepcopy memo under which a frozen image side is not copied: student, teacher and anchor then
+        hold one set of its weights (a ViT-H encoder is 2.5 GB; its EMA would never move it anyway)."""
+        if not self.frozen_image_side():
+            return {}
+        return {id(t): t for n, t in [*self.student.named_parameters(), *self.student.named_buffers()]
+                if not n.startswith("decoder.")}
 
     def frozen_image_side(self) -> bool:
         """True when no encoder/neck weight trains: student, teacher and anchor then share one

@@ -233,3 +233,21 @@ def test_training_embeds_each_image_once_with_the_cache(tmp_path, tiny_checkpoin
               batch_size=8, min_area=100, num_workers=0, progress=False, precision="32")
         # + 1: freeze_unused's probe; without the cache the augmented and the clean image every step
         assert sum(embedded) == 1 + (2 if gb else 2 * 4), (gb, embedded)
+
+
+
+def test_frozen_image_side_is_held_once(tiny_checkpoint):
+    from dataclasses import replace
+
+    from mal.config import recipe
+    from mal.train import MALModule, module_kwargs
+    path = str(tiny_checkpoint[1])
+    files = dict(weights=path, neck_weights=path, decoder_weights=path)
+    cfg = inspect_sam_checkpoint(path).labeler_config()
+    m = MALModule(**module_kwargs(cfg, recipe("sam").train, **files))
+    for other in (m.teacher, m.anchor):
+        assert other.encoder.model.pos_embed is m.student.encoder.model.pos_embed
+        assert other.neck[0].weight is m.student.neck[0].weight
+        assert other.decoder.mask_decoder.iou_token.weight is not m.student.decoder.mask_decoder.iou_token.weight
+    tuned = MALModule(**module_kwargs(cfg, replace(recipe("sam").train, freeze_encoder=0.5), **files))
+    assert tuned.teacher.encoder.model.pos_embed is not tuned.student.encoder.model.pos_embed  # it trains: copied
