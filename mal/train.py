@@ -105,6 +105,7 @@ class MALModule(L.LightningModule):
         # towards the filled box, which satisfies the MIL loss). Not saved when unused.
         self.anchor = (copy.deepcopy(self.student, self._shared_image_side()).requires_grad_(False)
                        if self.cfg.anchor_weight > 0 else None)
+        self.embed_cache = None  # set up by on_fit_start when TrainConfig.embed_cache_gb asks for one
 
     def _shared_image_side(self) -> dict:
         """A deepcopy memo under which a frozen image side is not copied: student, teacher and anchor then
@@ -196,7 +197,7 @@ class MALModule(L.LightningModule):
             self.embed_cache = EmbeddingCache(c.embed_cache_gb * 2**30, c.embed_cache_disk_gb * 2**30, folder)
 
     def on_fit_end(self) -> None:
-        if getattr(self, "embed_cache", None) is not None:
+        if self.embed_cache is not None:
             log.info("embedding cache: %d images (%d hits, %d misses)", len(self.embed_cache),
                      self.embed_cache.hits, self.embed_cache.misses)
             self.embed_cache.clear()
@@ -205,7 +206,7 @@ class MALModule(L.LightningModule):
         """(student's, teacher's) features of a frozen image side: of the augmented and the clean image,
         or, with the embedding cache (view image), the clean image's for both, computed once per image."""
         with torch.no_grad():
-            if getattr(self, "embed_cache", None) is not None and "image_id" in batch:
+            if self.embed_cache is not None and "image_id" in batch:
                 feats = self.embed_cache.get(batch["image_id"].tolist(),
                                              lambda i: self.student.embed(batch["image"][i.to(self.device)]),
                                              self.device)
