@@ -77,7 +77,7 @@ def assert_same_masks(sam: Sam, model, image: np.ndarray, boxes: np.ndarray) -> 
 
 def test_segment_anything_vit_checkpoint_gives_sam_predictor_masks(tiny_checkpoint):
     sam, path = tiny_checkpoint
-    ckpt = inspect_sam_checkpoint(path)
+    ckpt = inspect_sam_checkpoint(path, "vit_t")
     assert (ckpt.backbone, ckpt.img_size, ckpt.sam_type) == ("sam_vit", SIZE, "vit")
     assert ckpt.encoder_kwargs == dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], window_size=4,
                                        patch_size=16, mlp_ratio=4.0)
@@ -110,6 +110,8 @@ _TO_ORIGINAL = [(r"^patch_embed\.conv1\.", "patch_embed.seq.0."), (r"^patch_embe
 
 
 def test_mobile_sam_checkpoint_loads_into_the_timm_tinyvit(tmp_path):
+    from dataclasses import replace
+
     from mal.modeling.labeler import LabelerConfig, build_labeler
     torch.manual_seed(0)
     ref = build_labeler(LabelerConfig(decoder="sam", crop_size=256, view="image", box_padding=False)).eval()
@@ -124,9 +126,11 @@ def test_mobile_sam_checkpoint_loads_into_the_timm_tinyvit(tmp_path):
     assert "image_encoder.layers.0.downsample.conv1.c.weight" in sd  # the original layout
     path = tmp_path / "mobile_sam.pt"
     torch.save(sd, path)
-    ckpt = inspect_sam_checkpoint(path)
+    ckpt = inspect_sam_checkpoint(path, "vit_t")
     assert (ckpt.sam_type, ckpt.backbone, ckpt.img_size) == ("vit_t", "tiny_vit_5m_sam", 1024)
-    model = build_sam_labeler(path, "vit_t")
+    # The loading build_sam_labeler does, in a 256 frame (MobileSAM's 1024 only costs time here).
+    model = build_labeler(replace(ckpt.labeler_config(), crop_size=256), weights=path, neck_weights=path,
+                          decoder_weights=path)
     assert set(model.state_dict()) == set(ref.state_dict())
     assert all(torch.equal(v, ref.state_dict()[k]) for k, v in model.state_dict().items())
     got = tinyvit_to_timm({k.removeprefix("image_encoder."): v for k, v in sd.items()

@@ -154,8 +154,8 @@ def _vit_kwargs(enc: dict, path: Path) -> dict:
 def _tinyvit_kwargs(enc: dict, path: Path) -> dict:
     """MobileSAM's TinyViT must be timm's tiny_vit_5m (embed dims 64/128/160/320, depths 2/2/6/2):
     the only one MobileSAM ships. Returns the timm constructor overrides (none)."""
-    dims = [int(enc[f"layers.{i}.blocks.0.{'conv1.c' if i == 0 else 'attn.qkv'}.weight"].shape[1])
-            for i in range(4) if f"layers.{i}.blocks.0.{'conv1.c' if i == 0 else 'attn.qkv'}.weight" in enc]
+    first = ["layers.0.blocks.0.conv1.c.weight"] + [f"layers.{i}.blocks.0.attn.qkv.weight" for i in (1, 2, 3)]
+    dims = [int(enc[k].shape[1]) for k in first if k in enc]  # each stage's width: its first layer's input
     depths = [len({k.split(".")[3] for k in enc if k.startswith(f"layers.{i}.blocks.")}) for i in range(4)]
     if dims != [64, 128, 160, 320] or depths != [2, 2, 6, 2]:
         raise WeightsError(f"{path}: a TinyViT image encoder with embed dims {dims} and depths {depths}; "
