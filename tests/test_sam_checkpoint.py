@@ -77,7 +77,7 @@ def assert_same_masks(sam: Sam, model, image: np.ndarray, boxes: np.ndarray) -> 
 
 def test_segment_anything_vit_checkpoint_gives_sam_predictor_masks(tiny_checkpoint):
     sam, path = tiny_checkpoint
-    ckpt = inspect_sam_checkpoint(path, "vit_t")
+    ckpt = inspect_sam_checkpoint(path)
     assert (ckpt.backbone, ckpt.img_size, ckpt.sam_type) == ("sam_vit", SIZE, "vit")
     assert ckpt.encoder_kwargs == dict(embed_dim=64, depth=2, num_heads=2, global_attn_indexes=[1], window_size=4,
                                        patch_size=16, mlp_ratio=4.0)
