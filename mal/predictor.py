@@ -49,9 +49,9 @@ def mask_from_prob(prob: np.ndarray, box_xyxy, threshold: float = 0.5) -> Result
 
 def embed_crops(model: MaskLabeler, crops: torch.Tensor, device: torch.device, precision: str,
                 batch_size: int) -> torch.Tensor:
-    """Image-side features of crops (M, 3, S, S) uint8, ``batch_size`` crops at a time (view "image":
-    one at a time, they are few but large)."""
-    per = 1 if model.config.view == "image" else batch_size
+    """Image-side features of crops (M, 3, S, S) uint8, ``batch_size`` crops at a time (view "image" on
+    a CPU: one at a time, they are few but large; on a GPU a large encoder gains from batches of images)."""
+    per = 1 if model.config.view == "image" and device.type == "cpu" else batch_size
     with torch.inference_mode(), autocast(device, precision):
         return torch.cat([model.embed(c.to(device)) for c in crops.split(per)])
 

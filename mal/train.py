@@ -102,11 +102,21 @@ class MALModule(L.LightningModule):
             self.student.neck.requires_grad_(False)  # the whole image side stays SAM's
         if self.labeler_config.decoder == "sam" and self.cfg.iou_weight <= 0:
             self.student.decoder.mask_decoder.iou_prediction_head.requires_grad_(False)  # no loss: no use
-        self.teacher: MaskLabeler = copy.deepcopy(self.student)
+        self.teacher: MaskLabeler = copy.deepcopy(self.student, self._shared_image_side())
         self.teacher.requires_grad_(False)
         # The starting model, frozen: an anchor that keeps a pretrained decoder from drifting (e.g.
         # towards the filled box, which satisfies the MIL loss). Not saved when unused.
-        self.anchor = copy.deepcopy(self.student).requires_grad_(False) if self.cfg.anchor_weight > 0 else None
+        self.anchor = (copy.deepcopy(self.student, self._shared_image_side()).requires_grad_(False)
+                       if self.cfg.anchor_weight > 0 else None)
+        self.embed_cache = None  # set up by on_fit_start when TrainConfig.embed_cache_gb asks for one
+
+    def _shared_image_side(self) -> dict:
+        """A deepcopy memo under which a frozen image side is not copied: student, teacher and anchor then
+        hold one set of its weights (a ViT-H encoder is 2.5 GB; its EMA would never move it anyway)."""
+        if not self.frozen_image_side():
+            return {}
+        return {id(t): t for n, t in [*self.student.named_parameters(), *self.student.named_buffers()]
+                if not n.startswith("decoder.")}
 
     def frozen_image_side(self) -> bool:
         """True when no encoder/neck weight trains: student, teacher and anchor then share one
@@ -147,8 +157,7 @@ class MALModule(L.LightningModule):
         box = batch["box_mask"].float()
         feats = feats_aug = None
         if self.frozen_image_side():
-            with torch.no_grad():
-                feats_aug, feats = self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
+            feats_aug, feats = self._frozen_embeddings(batch)
         student_p, student_iou = self._probs(self.student, batch["image_aug"], feats_aug, batch)
         with torch.no_grad():
             self.teacher.eval()
@@ -197,6 +206,31 @@ class MALModule(L.LightningModule):
         self.log_dict({"loss": loss, **logs}, prog_bar=True, on_step=True,
                       batch_size=box.shape[0], sync_dist=False)
         return loss
+
+    def on_fit_start(self) -> None:
+        c = self.cfg
+        self.embed_cache = None
+        if (c.embed_cache_gb > 0 or c.embed_cache_disk_gb > 0) and self.frozen_image_side():
+            from .embedding_cache import EmbeddingCache
+            folder = Path(self.trainer.default_root_dir) / "embeddings" / f"rank{self.global_rank}"
+            self.embed_cache = EmbeddingCache(c.embed_cache_gb * 2**30, c.embed_cache_disk_gb * 2**30, folder)
+
+    def on_fit_end(self) -> None:
+        if self.embed_cache is not None:
+            log.info("embedding cache: %d images (%d hits, %d misses)", len(self.embed_cache),
+                     self.embed_cache.hits, self.embed_cache.misses)
+            self.embed_cache.clear()
+
+    def _frozen_embeddings(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student's, teacher's) features of a frozen image side: of the augmented and the clean image,
+        or, with the embedding cache (view image), the clean image's for both, computed once per image."""
+        with torch.no_grad():
+            if self.embed_cache is not None and "frame_id" in batch:
+                feats = self.embed_cache.get(batch["frame_id"].tolist(),
+                                             lambda i: self.student.embed(batch["image"][i.to(self.device)]),
+                                             self.device)
+                return feats, feats
+            return self.student.embed(batch["image_aug"]), self.student.embed(batch["image"])
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)

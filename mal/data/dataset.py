@@ -167,7 +167,8 @@ class TrainImages(Dataset):
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
     in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m; with
-    ``masks``, ``given_mask`` (K, m, m) and ``has_mask`` (K,) as in :class:`TrainCrops`.
+    ``masks``, ``given_mask`` (K, m, m) and ``has_mask`` (K,) as in :class:`TrainCrops`; ``frame_id``
+    (the index of the frame read: the key of :class:`mal.embedding_cache.EmbeddingCache`).
     Collate with :func:`collate_images`. Unreadable images are skipped as in :class:`TrainCrops`.
     """
 
@@ -221,7 +222,7 @@ class TrainImages(Dataset):
         item = {"image": t, "image_aug": self.augment(t),
                 "boxes": torch.from_numpy(np.stack(boxes)).float(),
                 "windows": torch.from_numpy(np.stack(windows)).float(),
-                "box_mask": torch.from_numpy(np.stack(masks))}
+                "box_mask": torch.from_numpy(np.stack(masks)), "frame_id": torch.tensor(i)}
         if self.masks is not None:
             item.update(given_mask=torch.from_numpy(np.stack([g for g, _ in given])),
                         has_mask=torch.tensor([h for _, h in given]))
@@ -230,7 +231,7 @@ class TrainImages(Dataset):
 
 def collate_images(items: list[dict]) -> dict:
     """Batch :class:`TrainImages` items: images stacked, boxes concatenated with ``index`` (N,)."""
-    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug")}
+    out = {k: torch.stack([it[k] for it in items]) for k in ("image", "image_aug", "frame_id")}
     for k in ("boxes", "windows", "box_mask", "given_mask", "has_mask"):
         if k in items[0]:
             out[k] = torch.cat([it[k] for it in items])

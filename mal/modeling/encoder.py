@@ -112,6 +112,8 @@ class Encoder(nn.Module):
         Measured, not read from ``patch_size`` / ``feature_info``: a mal variant may change a stage's
         stride without updating timm's feature_info (tiny_vit_5m_sam: 16, feature_info says 32), and
         at a size the stride does not divide the grid rounds (resnet at 100 px: 4 cells, 25 px each)."""
+        if isinstance(getattr(self.model, "feature_stride", None), int):  # known: no pass of a big model
+            return self.model.feature_stride
         was = self.training
         self.eval()
         f = self(torch.zeros(1, 3, size, size))
@@ -147,7 +149,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd = load_file(str(path))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            try:  # memory-mapped: a multi-GB SAM checkpoint is not copied into memory to be read
+                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # only the legacy (pre-zip) format cannot be mapped
+                    raise
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, wrong format (torch's own text advises unsafe loading: not ours)
         kind = "a .safetensors file" if path.suffix == ".safetensors" else "a PyTorch state dict (.pth/.pt)"
         raise WeightsError(f"{path}: cannot read weights: not {kind} of tensors (weights are a .safetensors "
@@ -167,8 +174,9 @@ def load_encoder_weights(model: nn.Module, path: str | Path, *, strict: bool = T
     mismatch unless ``strict=False``, in which case the mismatch is logged as a warning.
     Keys under ``head_prefixes`` (the unused classifier: timm ``head.``, torchvision ``fc.``) may be
     missing or extra."""
+    from .sam_checkpoint import image_encoder_trunk
     path = Path(path)
-    sd = read_state_dict(path)
+    sd = image_encoder_trunk(read_state_dict(path))  # a whole SAM checkpoint: its image encoder's trunk
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         try:
@@ -208,6 +216,12 @@ def build_encoder(name: str, *, weights: str | Path | None = None, img_size: int
     img_size: crop size, passed to models that take it (ViTs size their position embeddings by it).
     timm_kwargs: extra timm constructor arguments (e.g. depth=4 for a tiny test model).
     """
+    if name == "sam_vit":  # segment-anything's ViT, not a timm model (mal.modeling.sam_checkpoint)
+        from .sam_checkpoint import SamViTTrunk
+        model = SamViTTrunk(**({"img_size": img_size} if img_size else {}), **timm_kwargs)
+        if weights is not None:
+            load_encoder_weights(model, weights, strict=strict)
+        return Encoder(model, name)
     timm_name, patch = VARIANTS.get(name, (name, None))
     kwargs = dict(pretrained=False, num_classes=0, **timm_kwargs)
     try:

@@ -51,11 +51,13 @@ class MaskLabeler(nn.Module):
                 raise MalError(f"the sam decoder needs a stride-16 encoder (SAM's embedding grid); "
                                  f"{config.backbone} has stride {stride} at crop {config.crop_size}")
             self.neck = SamNeck(encoder.out_channels)
-            self.decoder = SamBoxDecoder()
+            self.decoder = SamBoxDecoder(pad_box=config.box_padding)
         else:
             self.decoder = MaskDecoder(encoder.out_channels, stride, config.decoder_dim, config.decoder_convs)
-        self.register_buffer("pixel_mean", torch.tensor(encoder.mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(encoder.std).view(1, 3, 1, 1) * 255, persistent=False)
+        # x 255 in float64: SAM's constants (58.395, 57.12, ...) to the last bit, as SamPredictor's.
+        mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) * 255 for v in (encoder.mean, encoder.std))
+        self.register_buffer("pixel_mean", mean.float(), persistent=False)
+        self.register_buffer("pixel_std", std.float(), persistent=False)
 
     def normalize(self, crops: torch.Tensor) -> torch.Tensor:
         # channels_last: oneDNN convolutions run ~30% faster on CPU in this layout.

@@ -4,8 +4,9 @@ The modules are Meta's (``segment-anything``: ``PromptEncoder``, ``MaskDecoder``
 this file adds what a box labeler needs around them:
 
 - boxes are embedded as ``SamOnnxModel`` does: the two corners (labels 2, 3) plus a padding point
-  (label -1). With the padding point SAM returns its single-mask output (mask token 0), which is what
-  box-prompted SAM evaluations use and what the ONNX engine returns;
+  (label -1), which is what the ONNX engine feeds its export; or (``pad_box=False``) as segment-anything's
+  ``SamPredictor.predict(box=...)`` does: the two corners alone. Either way the output is SAM's
+  single-mask output (mask token 0);
 - any embedding grid: the dense positional encoding is computed for the grid of the embedding it gets
   (64x64 for a 1024 image, 16x16 for a 256 crop), from the same weights;
 - one call decodes N boxes over M embeddings (``image_index`` says which embedding each box uses):
@@ -35,8 +36,9 @@ class SamBoxDecoder(nn.Module):
     -> (logits (N, 4h, 4w), iou (N,)).
     """
 
-    def __init__(self):
+    def __init__(self, pad_box: bool = True):
         super().__init__()
+        self.pad_box = pad_box
         # image_embedding_size / input_image_size only set defaults that forward() overrides.
         self.prompt_encoder = PromptEncoder(embed_dim=EMBED_DIM, image_embedding_size=(64, 64),
                                             input_image_size=(1024, 1024), mask_in_chans=16)
@@ -51,13 +53,15 @@ class SamBoxDecoder(nn.Module):
             m.requires_grad_(False)
 
     def embed_boxes(self, boxes: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-        """(N, 4) boxes -> (N, 3, 256) sparse prompt tokens: corners + padding point."""
+        """(N, 4) boxes -> (N, 3, 256) sparse prompt tokens: corners + padding point (N, 2, 256 without)."""
         pe = self.prompt_encoder
         H, W = input_size
         corners = boxes.reshape(-1, 2, 2).float() + 0.5  # pixel centres, as SamOnnxModel
         corners = corners / torch.tensor([W, H], dtype=corners.dtype, device=corners.device)
         emb = pe.pe_layer._pe_encoding(corners)  # (N, 2, 256)
         emb = emb + torch.stack([pe.point_embeddings[2].weight[0], pe.point_embeddings[3].weight[0]])
+        if not self.pad_box:
+            return emb
         pad = pe.not_a_point_embed.weight.expand(boxes.shape[0], 1, -1)  # the padding point's PE is zeroed
         return torch.cat([emb, pad], dim=1)
 
@@ -80,10 +84,12 @@ class SamBoxDecoder(nn.Module):
         src = embeddings[image_index] + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         pos = self.prompt_encoder.pe_layer((h, w)).to(src.dtype).unsqueeze(0).expand(n, -1, -1, -1)
         hs, src = md.transformer(src, pos, tokens)
-        mask_token = hs[:, 1]  # token 0: SAM's single-mask output
         up = md.output_upscaling(src.transpose(1, 2).reshape(n, C, h, w))  # (N, 32, 4h, 4w)
-        hyper = md.output_hypernetworks_mlps[0](mask_token)  # (N, 32)
-        logits = torch.einsum("nc,nchw->nhw", hyper, up)
+        # Every mask token's hypernetwork and one matmul, as segment-anything's MaskDecoder computes them:
+        # token 0 (SAM's single-mask output) then has the bits SamPredictor's has (a (N, 1, 32) product
+        # rounds differently). Tokens 1-3 cost little and are frozen.
+        hyper = torch.stack([mlp(hs[:, 1 + i]) for i, mlp in enumerate(md.output_hypernetworks_mlps)], 1)
+        logits = (hyper @ up.flatten(2))[:, 0].view(n, 4 * h, 4 * w)
         iou = md.iou_prediction_head(hs[:, 0])[:, 0]
         return logits, iou
 
@@ -162,8 +168,8 @@ def load_sam_decoder_weights(model: SamBoxDecoder, path: str | Path) -> None:
     model.load_state_dict({k: sd[k] for k in own}, strict=True)
 
 
-def build_sam_decoder(weights: str | Path | None = None) -> SamBoxDecoder:
-    model = SamBoxDecoder()
+def build_sam_decoder(weights: str | Path | None = None, pad_box: bool = True) -> SamBoxDecoder:
+    model = SamBoxDecoder(pad_box)
     if weights is not None:
         load_sam_decoder_weights(model, weights)
     return model
