@@ -158,3 +158,13 @@ def test_train_with_masks_cli_and_resume_checks_the_masks(scenes, tmp_path, caps
     rc = main(base[:6] + [str(tmp_path / "run2")] + base[7:] + ["--max-steps", "1", "--masks", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "annotation 77 is not a training box" in err[-1] and not (tmp_path / "run2").exists()
+
+
+def test_resume_check_compares_masks_and_skips_settings_newer_than_the_checkpoint(tmp_path):
+    from mal.runtime import check_same_run
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"hyper_parameters": {"labeler": {"crop_size": 64}, "train": {"lr": 1e-3}}}, ckpt)  # before --masks
+    now = {"labeler": {"crop_size": 64}, "train": {"lr": 1e-3, "mask_weight": 4.0}, "given_masks": None}
+    check_same_run(ckpt, now)  # a run started before mask_weight existed still resumes
+    with pytest.raises(MalError, match=r"masks: None in the checkpoint, \{'sha256': 'ab'"):
+        check_same_run(ckpt, {**now, "given_masks": {"sha256": "ab", "reviewed_only": False, "count": 3}})
