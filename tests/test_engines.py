@@ -65,7 +65,7 @@ def test_build_engine_names():
         assert e.name == name and isinstance(e, Engine)
     with pytest.raises(ValueError, match="needs model="):
         build_engine("mal")
-    with pytest.raises(ValueError, match="sam, grabcut, box, mal"):
+    with pytest.raises(ValueError, match="sam, sam2, grabcut, box, mal"):
         build_engine("nope")
 
 
