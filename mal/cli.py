@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "boxes each (view image); default: the decoder's recipe (mal.config.RECIPES)")
     t.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (overrides --epochs)")
     t.add_argument("--batch-size", type=int, default=16,
-                   help="boxes per step and process (view image: whole images of up to 8 boxes each are "
-                        "taken until this many boxes, e.g. 16 = 2 images)")
+                   help="boxes per step and process; view crop: one crop per box; view image (the sam "
+                        "recipe): images of up to 8 boxes each, so batch-size // 8 images per step (16 = 2)")
     t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (default: "
                    "the decoder's: kv 2048, sam 1024); every box is labeled")
     t.add_argument("--max-margin", type=float, default=1.2,
