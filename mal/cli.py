@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
     e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     e.add_argument("--pred", required=True, type=Path, help="COCO JSON with the predicted masks (`mal label`'s "
-                   "output); its boxes must be those of --gt, or of a subset of its images")
+                   "output); its boxes must be those of --gt, or some of them (a labeled sample: only those are scored)")
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
 
