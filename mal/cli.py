@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this many steps (overrides --epochs); -1: --epochs uncapped (default: --epochs, "
                         "capped at the decoder's recipe: sam 400 steps, kv none)")
     t.add_argument("--batch-size", type=int, default=16,
-                   help="boxes per step and process (view image: whole images of up to 8 boxes each are "
-                        "taken until this many boxes, e.g. 16 = 2 images)")
+                   help="boxes per step and process; view crop: one crop per box; view image (the sam "
+                        "recipe): frames (the image, or its zoomed tiles) of up to 8 boxes each, so batch-size // 8 "
+                        "frames per step (16 = 2)")
     t.add_argument("--min-area", type=float, help="train only on boxes of at least this area in px (view image: "
                    "pixels of the model's frame) (default: the decoder's: kv 2048, sam 1024); every box is labeled")
     t.add_argument("--max-margin", type=float, default=1.2,
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
     e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     e.add_argument("--pred", required=True, type=Path, help="COCO JSON with the predicted masks (`mal label`'s "
-                   "output); its boxes must be those of --gt, or of a subset of its images")
+                   "output); its boxes must be those of --gt, or some of them (a labeled sample: only those are scored)")
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
 

@@ -77,7 +77,15 @@ def lightning_progress():
     import lightning as L
 
     if _on_terminal():
-        return L.pytorch.callbacks.TQDMProgressBar()
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+        class _Bar(L.pytorch.callbacks.TQDMProgressBar):
+            def init_train_tqdm(self) -> Tqdm:  # Lightning's documented hook; its own bar goes to stdout
+                return Tqdm(desc=self.train_description, position=2 * self.process_position,
+                            disable=self.is_disabled, leave=True, dynamic_ncols=True, file=sys.stderr,
+                            smoothing=0, bar_format=self.BAR_FORMAT)
+
+        return _Bar()
 
     class _Lines(L.pytorch.callbacks.ProgressBar):
         def __init__(self):

@@ -63,7 +63,8 @@ def autocast(device: torch.device, precision: str):
 
 def quiet_lightning() -> None:
     """Silence Lightning notices that are noise for mal users: the 'modules in eval mode' warning
-    (our encoders keep BatchNorm in eval on purpose), pytree deprecations and the logger advert; and
+    (our encoders keep BatchNorm in eval on purpose), pytree deprecations, the logging-interval note
+    of short runs and the logger advert; and
     print each of its log lines once: the ``lightning`` package's own handler ("INFO: ...") is dropped
     when the root logger has one (the CLI's), to which its records propagate anyway."""
     import warnings
@@ -73,6 +74,7 @@ def quiet_lightning() -> None:
         logging.getLogger("lightning").handlers.clear()
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # short runs, demo
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda r: not any(s in r.getMessage() for s in ("litlogger", "Detected KeyboardInterrupt")))
 

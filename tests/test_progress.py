@@ -41,3 +41,21 @@ def test_disabled_prints_nothing(capsys):
     bar.update(5)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_lightning_log_lines_are_printed_once(capfd, monkeypatch):
+    """The CLI's root handler and the ``lightning`` package's own one both saw each record."""
+    import lightning  # noqa: F401  (its handler)
+
+    from mal.runtime import quiet_lightning
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)  # as under the CLI
+    monkeypatch.setattr(logging.getLogger("lightning"), "handlers", list(logging.getLogger("lightning").handlers))
+    root.addHandler(handler)
+    try:
+        quiet_lightning()
+        logging.getLogger("lightning.pytorch").info("GPU available: False")
+    finally:
+        root.removeHandler(handler)
+    assert capfd.readouterr().err.count("GPU available: False") == 1
