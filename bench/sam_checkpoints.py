@@ -68,12 +68,9 @@ def main(argv=None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     gt = a.data / "instances.json"
     if a.limit_images:
-        coco = json.loads(gt.read_text())
-        keep = {i["id"] for i in coco["images"][:a.limit_images]}
-        coco = dict(coco, images=[i for i in coco["images"] if i["id"] in keep],
-                    annotations=[x for x in coco["annotations"] if x["image_id"] in keep])
-        gt = a.out / "gt.json"
-        gt.write_text(json.dumps(coco))
+        from labelers import write_subset  # bench/labelers.py: the first N images by id
+        write_subset(a.data, a.out, a.limit_images)
+        gt = a.out / "instances.json"
     n_boxes = len(json.loads(gt.read_text())["annotations"])
     from mal.modeling.sam_checkpoint import inspect_sam_checkpoint
     rows = []
