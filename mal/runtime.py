@@ -152,6 +152,10 @@ def fit_resumable(trainer: L.Trainer, module: L.LightningModule, loader, out: Pa
         raise
     if trainer.global_step % every:
         trainer.save_checkpoint(last, weights_only=False)  # full state, as --resume needs
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The processes are done with each other: close the process group now rather than at interpreter
+        # exit, where gloo's threads can abort a process ("terminate called without an active exception").
+        torch.distributed.destroy_process_group()
 
 
 def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
