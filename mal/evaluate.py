@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -108,6 +108,31 @@ def _score_quality(rows: list[dict], pr_anns: dict) -> dict | None:
             "n": len(pairs), "n_low": int(low.sum()), "threshold": LOW_IOU}
 
 
+def coco_max_dets(annotations) -> list[int]:
+    """COCOeval's ``maxDets``: its usual [1, 10, 100] with the last raised to the most instances on
+    one image. At COCO's 100 every instance past the 100th of a dense image (nuclei, cells, crowds)
+    would count as missed whatever the masks."""
+    per_image = Counter(a["image_id"] for a in annotations)
+    return [1, 10, max(100, max(per_image.values(), default=0))]
+
+
+def coco_summary(ev) -> dict:
+    """AP, AP50, AP75, APs, APm, APl of an accumulated COCOeval at its largest ``maxDets`` (None where
+    there is no ground truth). ``COCOeval.summarize()`` reads AP at a fixed 100 detections instead."""
+    p, prec = ev.params, ev.eval["precision"]  # (iouThrs, recThrs, catIds, areaRng, maxDets)
+    m = len(p.maxDets) - 1
+
+    def ap(iou: float | None = None, area: str = "all") -> float | None:
+        s = prec[:, :, :, p.areaRngLbl.index(area), m]
+        if iou is not None:
+            s = s[np.isclose(p.iouThrs, iou)]
+        s = s[s > -1]
+        return float(s.mean()) if s.size else None
+
+    return {"AP": ap(), "AP50": ap(0.5), "AP75": ap(0.75),
+            "APs": ap(area="small"), "APm": ap(area="medium"), "APl": ap(area="large")}
+
+
 def _coco_ap(gt: dict, gt_anns: dict, pr_anns: dict, rles: dict, gt_rles: dict) -> dict:
     """COCO segm AP with every prediction as a detection (pycocotools COCOeval)."""
     from pycocotools.coco import COCO
@@ -137,11 +162,10 @@ def _coco_ap(gt: dict, gt_anns: dict, pr_anns: dict, rles: dict, gt_rles: dict) 
         coco_gt.createIndex()
         coco_dt = coco_gt.loadRes(results)
         ev = COCOeval(coco_gt, coco_dt, iouType="segm")
+        ev.params.maxDets = coco_max_dets(anns)
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    # pycocotools uses -1 for "no ground truth in this range"; None is clearer in JSON.
-    return {k: (float(v) if v >= 0 else None) for k, v in zip(keys, ev.stats[:6])}
+    return coco_summary(ev)
 
 
 # --------------------------------------------------------------------------- public API

@@ -45,12 +45,12 @@ def cpu_has_fast_bf16() -> bool:
     return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' on CUDA and on CPUs with fast bf16, else '32'."""
+def resolve_precision(precision: str, device: torch.device, *, cpu_bf16: bool = True) -> str:
+    """'auto' -> 'bf16' on CUDA and (unless ``cpu_bf16`` is False) on CPUs with fast bf16, else '32'."""
     if precision not in ("auto", "bf16", "32"):
         raise MalError(f"precision must be auto, bf16 or 32, not {precision!r}")
     if precision == "auto":
-        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_fast_bf16())
         return "bf16" if fast else "32"
     return precision
 

@@ -266,3 +266,44 @@ def test_score_quality_end_to_end(gt):
 
     # Without scores there is nothing to rank.
     assert evaluate(gt, copy.deepcopy(gt), compute_ap=False)["score_quality"] is None
+
+
+def test_ap_counts_every_instance_of_a_dense_image():
+    """150 instances on one image, every mask right: AP 1. At COCO's usual cap of 100 detections
+    per image, the 50 instances past it would count as missed (AP ~0.67) however good the masks."""
+    h, w, anns = 100, 150, []
+    for k in range(150):
+        y, x = 10 * (k // 15), 10 * (k % 15)
+        anns.append(ann(k + 1, 1, 1, rect(y + 1, y + 9, x + 1, x + 9, h, w)))
+    gt = dataset(anns, images=[{"id": 1, "width": w, "height": h}])
+    assert evaluate(gt, copy.deepcopy(gt))["ap"]["AP"] == pytest.approx(1.0)
+    half = with_masks(gt, {a["id"]: rect(10 * (i // 15) + 1, 10 * (i // 15) + 5, 10 * (i % 15) + 1,
+                                          10 * (i % 15) + 9, h, w) for i, a in enumerate(anns) if i % 2})
+    assert evaluate(gt, half)["ap"]["AP50"] == pytest.approx(1.0)  # IoU 0.5 passes at 0.5 ...
+    assert evaluate(gt, half)["ap"]["AP75"] < 0.6                  # ... and fails at 0.75
+
+
+def test_coco_summary_equals_cocoeval_on_sparse_images(gt):
+    """Where no image has over 100 instances the numbers are COCOeval.summarize()'s own."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mal.evaluate import coco_summary
+    pred = with_masks(gt, {1: rect(0, 8, 0, 10), 3: rect(5, 25, 5, 10)})
+    res = [{**a, "score": s} for a, s in zip(pred["annotations"], (0.9, 0.2, 0.6))]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {**gt, "annotations": [{**a, "area": float(mask_utils.area(a["segmentation"]))}
+                                                for a in gt["annotations"]]}
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(res), iouType="segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    ours = coco_summary(ev)
+    for k, v in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ev.stats[:6]):
+        assert ours[k] == (pytest.approx(v) if v >= 0 else None)
+    assert 0 < ours["AP"] < 1

@@ -8,7 +8,7 @@ import torch
 
 from mal.cli import main
 from mal.demo import make_scenes
-from mal.segment.data import check_disjoint, check_same_boxes, split_images
+from mal.segment.data import check_disjoint, check_same_boxes, hash_split, split_images
 from mal.segment.evaluate import coco_ap
 from mal.segment.model import SegmenterConfig, build_segmenter, load_segmenter
 
@@ -199,6 +199,79 @@ def test_overlap_by_file_name_and_split_field():
         split_images(coco, split_key="s", train_split="train2017", eval_split="ev")
     tr, ev = split_images({"images": [{"id": i, "file_name": f"{i}"} for i in range(10)]}, eval_fraction=0.3)
     assert len(ev) == 3 and not tr & ev and tr | ev == set(range(10))
+
+
+def test_segment_train_stops_on_a_non_finite_loss(scenes, tmp_path, capsys, monkeypatch):
+    """A NaN loss stops training at once with one line naming the step and the loss terms; no model."""
+    from torchvision.models.detection import MaskRCNN
+    images, gt, _ = scenes
+
+    def nan_losses(self, images, targets=None):
+        w = next(p for p in self.parameters() if p.requires_grad)
+        return {"loss_classifier": w.sum() * 0 + 0.5, "loss_mask": w.sum() * float("nan")}
+    monkeypatch.setattr(MaskRCNN, "forward", nan_losses)
+    run = tmp_path / "r"
+    rc = main(["segment", "train", "--images", str(images), "--annotations", str(gt), "--out", str(run),
+               *TINY, "--max-steps", "3", "--precision", "32", "--num-workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stopped at step 0" in err and "loss_mask nan" in err and "loss_classifier 0.5" in err
+    assert not (run / "segmenter.safetensors").exists()
+
+
+def test_segment_precision_auto_is_fp32_on_cpu(monkeypatch):
+    """bf16 autocast made Mask R-CNN's losses NaN on a CPU; `auto` trains it in fp32 there."""
+    import mal.runtime as runtime
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == "bf16"  # the labeler keeps bf16 on such CPUs
+    assert runtime.resolve_precision("auto", cpu, cpu_bf16=False) == "32"
+    assert runtime.resolve_precision("bf16", cpu, cpu_bf16=False) == "bf16"  # asked for: given
+
+
+def test_detections_cap_follows_the_densest_training_image(scenes, tmp_path):
+    """Up to 1.5x the most instances on a training image (never below 100) are kept per image at test
+    time, with proposals to match: a dense image's objects past the 100th are not dropped."""
+    from mal.segment.train import train_segmenter
+    images, gt, _ = scenes
+    coco = json.loads(Path(gt).read_text())
+    one = coco["annotations"][0]
+    coco["annotations"] += [{**one, "id": 10_000 + k} for k in range(200)]  # image of `one`: 200+ instances
+    most = max(sum(a["image_id"] == i["id"] for a in coco["annotations"]) for i in coco["images"])
+    run = train_segmenter(images, coco, tmp_path / "r", config=SegmenterConfig(backbone="test_resnet",
+                          min_size=96, max_size=128), max_steps=1, num_workers=0, progress=False)
+    model, cfg = load_segmenter(run)
+    assert cfg.detections_per_image == int(np.ceil(1.5 * most)) > 100
+    assert model.roi_heads.detections_per_img == cfg.detections_per_image
+    assert model.rpn._post_nms_top_n["testing"] == 2 * cfg.detections_per_image
+    old = build_segmenter(SegmenterConfig(backbone="test_resnet", categories=[{"id": 1, "name": "a"}]))
+    assert old.roi_heads.detections_per_img == 100  # configs saved before the field keep torchvision's
+
+
+def test_hash_split_is_stable_per_image_and_nested(scenes, tmp_path, capsys):
+    """Each image's side is fixed by its file name alone: other images, ids and order do not move it;
+    a smaller training fraction is a subset of a larger one with the same eval images."""
+    images = [{"id": i, "file_name": f"img_{i:04d}.png"} for i in range(400)]
+    tr, ev = hash_split({"images": images}, eval_fraction=0.2)
+    assert not tr & ev and tr | ev == set(range(400)) and 50 < len(ev) < 110  # ~80 expected
+    renumbered = [{"id": 1000 + im["id"], "file_name": im["file_name"]} for im in reversed(images[::2])]
+    tr2, ev2 = hash_split({"images": renumbered}, eval_fraction=0.2)
+    assert {i - 1000 for i in ev2} == ev & set(range(0, 400, 2))
+    small, ev3 = hash_split({"images": images}, eval_fraction=0.2, train_fraction=0.2)
+    assert ev3 == ev and small < tr and 40 < len(small) < 120
+    assert hash_split({"images": images}, eval_fraction=0.2, salt="b")[1] != ev
+    with pytest.raises(ValueError, match="train fraction"):
+        hash_split({"images": images}, eval_fraction=0.5, train_fraction=0.6)
+
+    _, gt, _ = scenes
+    assert main(["segment", "split", "--gt", str(gt), "--out", str(tmp_path / "s"), "--eval-fraction", "0.4"]) == 0
+    out = capsys.readouterr().out
+    read = lambda n: {int(x) for x in (tmp_path / "s" / n).read_text().splitlines() if not x.startswith("#")}  # noqa: E731
+    coco = json.loads(Path(gt).read_text())
+    assert (read("train_ids.txt"), read("eval_ids.txt")) == hash_split(coco, eval_fraction=0.4)
+    boxes = json.loads((tmp_path / "s" / "train_boxes.json").read_text())
+    assert {im["id"] for im in boxes["images"]} == read("train_ids.txt")
+    assert boxes["annotations"] and not any("segmentation" in a for a in boxes["annotations"])
+    assert f"eval: {len(read('eval_ids.txt'))} images" in out
 
 
 def test_retention_refuses_different_boxes(scenes, tmp_path, capsys):

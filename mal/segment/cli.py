@@ -56,6 +56,15 @@ def _eval(a) -> None:
         write_json_atomic(report, a.json)
 
 
+def _split(a) -> None:
+    from .data import write_split
+    n = write_split(a.gt, a.out, eval_fraction=a.eval_fraction, train_fraction=a.train_fraction, salt=a.salt)
+    print(f"train: {n['train_images']} images, {n['train_instances']} instances; eval: "
+          f"{n['eval_images']} images, {n['eval_instances']} instances")
+    print(f"wrote {a.out}/train_ids.txt, eval_ids.txt, train_boxes.json (training boxes, no masks: "
+          "the file to label)")
+
+
 def _pseudo(items: list[str]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for it in items:
@@ -111,14 +120,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="heads' learning rate; the backbone's is 0.1x "
                    "(default: mal.segment.train.SegmentTrainConfig.lr)")
     p.add_argument("--precision", choices=["auto", "bf16", "32"], default="auto",
-                   help="auto = bf16 on GPU and on CPUs with AMX/AVX512-BF16, else fp32")
+                   help="training precision; auto = bf16 on GPU, fp32 on CPU (Mask R-CNN's losses "
+                        "overflow under CPU bf16); evaluation as `mal segment eval`")
     p.add_argument("--num-workers", type=int, default=1, help="image reading processes")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
 
 
 def add_parsers(sub) -> None:
-    """Add `segment` (train, eval) and `retention` to the `mal` subcommands."""
+    """Add `segment` (train, split, eval) and `retention` to the `mal` subcommands."""
     seg = sub.add_parser("segment", help="phase 2: train / evaluate a Mask R-CNN on COCO masks")
     ss = seg.add_subparsers(dest="segment_command", required=True)
     t = ss.add_parser("train", help="train Mask R-CNN on the masks of a COCO file (auto-labels or human)")
@@ -129,6 +139,18 @@ def add_parsers(sub) -> None:
     t.add_argument("--devices", default="auto", help="devices (processes): a count, -1 for all, or auto")
     _model_args(t)
     t.set_defaults(func=_train)
+
+    s = ss.add_parser("split", help="a fixed train/eval split of a COCO file by a hash of each image's "
+                                    "file name (the same for every label set and machine)")
+    s.add_argument("--gt", required=True, type=Path, help="COCO JSON with the human masks")
+    s.add_argument("--out", required=True, type=Path, help="folder for train_ids.txt, eval_ids.txt, "
+                                                           "train_boxes.json")
+    s.add_argument("--eval-fraction", type=float, default=0.2, help="share of images held out")
+    s.add_argument("--train-fraction", type=float,
+                   help="share of all images to train on (default: all not held out); smaller "
+                        "training sets are nested in larger ones")
+    s.add_argument("--salt", default="", help="text hashed before each file name, for another split")
+    s.set_defaults(func=_split)
 
     e = ss.add_parser("eval", help="COCO box and mask AP of a trained segmenter")
     e.add_argument("--model", required=True, type=Path, help="run directory of `mal segment train`")

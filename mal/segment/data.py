@@ -1,6 +1,7 @@
 """COCO instances with masks -> torchvision detection samples; honest train/eval image splits."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
@@ -141,6 +142,63 @@ def split_images(coco: dict, *, split_key: str = "coco_split", train_split: str 
     np.random.default_rng(seed).shuffle(ids)
     n_eval = max(1, round(len(ids) * frac))
     return set(ids[n_eval:].tolist()), set(ids[:n_eval].tolist())
+
+
+def hash_fraction(file_name: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by the image's file name (sha256), the same on every machine and
+    for every label set; adding or removing other images never moves an image between splits."""
+    digest = hashlib.sha256(f"{salt}{file_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hash_split(coco: dict, *, eval_fraction: float = 0.2, train_fraction: float | None = None,
+               salt: str = "") -> tuple[set[int], set[int]]:
+    """(train image ids, eval image ids) by :func:`hash_fraction`: eval = the images below
+    ``eval_fraction``, train = those from ``eval_fraction`` up to ``eval_fraction + train_fraction``
+    (all the rest when None). Smaller training sets are nested in larger ones with the same eval set."""
+    if not 0 < eval_fraction < 1:
+        raise MalError(f"eval fraction must be between 0 and 1, got {eval_fraction}")
+    top = 1.0 if train_fraction is None else eval_fraction + train_fraction
+    if train_fraction is not None and not (0 < train_fraction and top <= 1 + 1e-9):
+        raise MalError(f"train fraction must be above 0 and at most 1 - eval fraction "
+                       f"({1 - eval_fraction:g}), got {train_fraction}")
+    train, evals = set(), set()
+    for im in coco["images"]:
+        h = hash_fraction(im["file_name"], salt)
+        if h < eval_fraction:
+            evals.add(im["id"])
+        elif h < top:
+            train.add(im["id"])
+    if not train or not evals:
+        raise MalError(f"the split of {len(coco['images'])} images leaves {len(train)} training and "
+                       f"{len(evals)} evaluation images; change the fractions")
+    return train, evals
+
+
+def write_split(gt: str | Path, out: str | Path, *, eval_fraction: float = 0.2,
+                train_fraction: float | None = None, salt: str = "") -> dict:
+    """OUT/train_ids.txt, OUT/eval_ids.txt (what `mal retention --train-ids/--eval-ids` take) and
+    OUT/train_boxes.json: the training images' boxes with every mask removed, the file to label
+    (`mal label`) or to train the labeler on (`mal train`) so that phase 1 never sees a human mask."""
+    from ..atomic import write_json_atomic, write_text_atomic
+    from ..data.coco import load_coco_json
+    coco = load_coco_json(gt)
+    train, evals = hash_split(coco, eval_fraction=eval_fraction, train_fraction=train_fraction, salt=salt)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rule = (f"# sha256(salt + file_name) < {eval_fraction:g} is eval; train up to "
+            f"{eval_fraction + (1 - eval_fraction if train_fraction is None else train_fraction):g}; "
+            f"salt {salt!r}; source {Path(gt).name}\n")
+    for name, ids in (("train_ids.txt", train), ("eval_ids.txt", evals)):
+        write_text_atomic(rule + "".join(f"{i}\n" for i in sorted(ids)), out / name)
+    boxes = {k: v for k, v in coco.items() if k not in ("images", "annotations")}
+    boxes["images"] = [im for im in coco["images"] if im["id"] in train]
+    boxes["annotations"] = [{k: v for k, v in a.items() if k != "segmentation"}
+                            for a in coco["annotations"] if a["image_id"] in train]
+    write_json_atomic(boxes, out / "train_boxes.json")
+    n = lambda ids: sum(a["image_id"] in ids for a in coco["annotations"])  # noqa: E731
+    return {"train_images": len(train), "eval_images": len(evals),
+            "train_instances": n(train), "eval_instances": n(evals)}
 
 
 def check_disjoint(coco: dict, train_ids: set[int], eval_ids: set[int]) -> None:

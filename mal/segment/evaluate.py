@@ -29,7 +29,7 @@ from torchvision.models.detection.transform import resize_boxes
 from ..data.coco import BoxDataset, CocoError
 from ..data.dataset import ImageReader, collate_single
 from ..errors import MalError
-from ..evaluate import to_rle
+from ..evaluate import coco_max_dets, coco_summary, to_rle
 from ..progress import progress as progress_bar
 from ..runtime import autocast, resolve_device, resolve_precision
 from .data import AGNOSTIC, load_instances
@@ -171,13 +171,15 @@ def coco_evals(gt: dict, results: list[dict], image_ids: set[int], *, class_agno
                 continue
             ev = COCOeval(coco_gt, coco_gt.loadRes(results), iouType=iou_type)
             ev.params.imgIds = sorted(image_ids)
+            ev.params.maxDets = coco_max_dets(anns)
             ev.evaluate()
             out[iou_type] = ev
     return out
 
 
 def summarize(evals: dict) -> dict:
-    """{"bbox": {AP, AP50, ...}, "segm": {...}} of :func:`coco_evals` (COCOeval's own numbers)."""
+    """{"bbox": {AP, AP50, ...}, "segm": {...}} of :func:`coco_evals` (COCOeval's precision table, read at
+    the largest maxDets: see :func:`mal.evaluate.coco_max_dets`)."""
     out = {}
     for iou_type, ev in evals.items():
         if ev is None:
@@ -185,8 +187,7 @@ def summarize(evals: dict) -> dict:
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate()
-            ev.summarize()
-        out[iou_type] = {k: (float(v) if v >= 0 else None) for k, v in zip(METRICS, ev.stats[:6])}
+        out[iou_type] = coco_summary(ev)
     return out
 
 

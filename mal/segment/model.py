@@ -56,6 +56,7 @@ class SegmenterConfig:
     roi_batch_size: int = 128                   # RoIs sampled per image for the box/mask heads
     mask_head_channels: int = 128
     freeze_backbone: float = 0.0                # fraction of backbone parameters (input side first) frozen
+    detections_per_image: int | None = None     # None: 100 (torchvision's); training sets it from the data
     timm_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -109,12 +110,17 @@ class TimmFPN(nn.Module):
         return [str(k) for k in range(len(self.indices))] + ["p6", "p7"]
 
 
+def detections_cap(cfg: SegmenterConfig) -> int:
+    """Most detections kept per image (torchvision's 100 unless the config raises it for dense images)."""
+    return cfg.detections_per_image or 100
+
+
 def _timm_maskrcnn(cfg: SegmenterConfig, weights, strict: bool) -> MaskRCNN:
     enc = build_encoder(cfg.backbone, weights=weights, strict=strict, **cfg.timm_kwargs)
     if cfg.freeze_backbone > 0:
         freeze_leading(enc, cfg.freeze_backbone)
     backbone = TimmFPN(enc, cfg.fpn_channels, cfg.min_stride)
-    C, names = cfg.fpn_channels, backbone.level_names
+    C, names, dets = cfg.fpn_channels, backbone.level_names, detections_cap(cfg)
     # One anchor size per level (4x its stride, as torchvision's 32..512 for strides 4..64).
     anchors = AnchorGenerator(tuple((4 * s,) for s in backbone.strides), ((0.5, 1.0, 2.0),) * len(names))
     pool_names = names[:-1]  # RoIs are pooled from every level but the coarsest (as torchvision)
@@ -123,9 +129,10 @@ def _timm_maskrcnn(cfg: SegmenterConfig, weights, strict: bool) -> MaskRCNN:
         image_mean=list(enc.mean), image_std=list(enc.std),
         rpn_anchor_generator=anchors,
         # 300 proposals at test time instead of 1000: the box head on 1000 RoIs cost ~13 GFLOPs per
-        # image, more than the backbone (measured to dominate CPU evaluation).
+        # image, more than the backbone (measured to dominate CPU evaluation). Dense images get more.
         rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=600, rpn_post_nms_top_n_test=300,
+        rpn_pre_nms_top_n_test=max(600, 4 * dets), rpn_post_nms_top_n_test=max(300, 2 * dets),
+        box_detections_per_img=dets,
         box_roi_pool=MultiScaleRoIAlign(pool_names, 7, 2),
         box_head=TwoMLPHead(C * 49, 1024), box_predictor=FastRCNNPredictor(1024, cfg.num_classes),
         box_batch_size_per_image=cfg.roi_batch_size,
@@ -144,8 +151,10 @@ def _r50_maskrcnn(cfg: SegmenterConfig, weights, strict: bool) -> MaskRCNN:
         load_encoder_weights(body, weights, strict=strict, head_prefixes=("fc.",))  # classifier unused
     trainable = 5 - round(cfg.freeze_backbone * 5)
     backbone = _resnet_fpn_extractor(body, trainable, extra_blocks=LastLevelMaxPool())
+    dets = detections_cap(cfg)
     return MaskRCNN(backbone, num_classes=cfg.num_classes, min_size=cfg.min_size, max_size=cfg.max_size,
-                    box_batch_size_per_image=cfg.roi_batch_size)
+                    box_batch_size_per_image=cfg.roi_batch_size, box_detections_per_img=dets,
+                    rpn_pre_nms_top_n_test=max(1000, 4 * dets), rpn_post_nms_top_n_test=max(1000, 2 * dets))
 
 
 def build_segmenter(cfg: SegmenterConfig, *, weights: str | Path | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,12 @@ class SegmenterModule(L.LightningModule):
         images, targets = batch
         losses = self.model(list(images), list(targets))
         loss = sum(losses.values())
+        if not torch.isfinite(loss):  # stop at once: AdamW would spread the NaN into every weight
+            terms = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items())
+            hint = (" Under bf16 autocast the heads' losses can overflow; try --precision 32."
+                    if "bf16" in str(self.trainer.precision) else " Try a lower --lr.")
+            raise MalError(f"segmenter training stopped at step {self.global_step}: the loss is not "
+                           f"finite ({terms}).{hint}")
         self.log_dict({k: v.detach() for k, v in losses.items()}, batch_size=len(images))
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(images))
         return loss
@@ -93,12 +100,14 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
     keep = select_classes(data.coco, classes, top_classes, ids)
     cats, cat_to_label = class_map(data.coco["categories"], class_agnostic, keep)
     cfg = config or SegmenterConfig()
-    cfg = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic,
-                             "category_ids": keep})
     source = annotations if not isinstance(annotations, dict) else "annotations"
     ds = InstanceMasks(data, ids, cat_to_label, flip=True, source=str(source))
     if len(ds) == 0:
         raise MalError(f"{source}: no training image has an instance" + (" of the kept classes" if keep else ""))
+    # Room for every object of the densest images (nuclei: up to hundreds), never below torchvision's 100.
+    dets = cfg.detections_per_image or max(100, math.ceil(1.5 * max(len(r) for _, r in ds.groups)))
+    cfg = SegmenterConfig(**{**asdict(cfg), "categories": cats, "class_agnostic": class_agnostic,
+                             "category_ids": keep, "detections_per_image": dets})
     loader = DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True, drop_last=True,
                         collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0)
     steps = max_steps if max_steps > 0 else epochs * len(loader)
@@ -109,7 +118,9 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
              len(cats), len(ds), steps)
 
     acc = accelerator if accelerator != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
-    prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"))
+    # auto is fp32 on a CPU even where bf16 is fast: Mask R-CNN's losses overflowed under CPU bf16
+    # autocast (NaN within 30 steps on nuclei) while fp32 was as fast.
+    prec = resolve_precision(precision, torch.device("cuda" if acc == "gpu" else "cpu"), cpu_bf16=False)
     module = SegmenterModule(asdict(cfg), asdict(o), weights=str(weights) if weights else None,
                              strict_weights=strict_weights)
     every = 200  # checkpoint cadence (steps); fixed, so a resumed run with other --max-steps matches it
