@@ -14,6 +14,8 @@ lo/hi are the 2.5/97.5 percentiles. Run directories: ``out/<name>/seed<k>``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -35,7 +37,7 @@ from .data import (
 )
 from .evaluate import PROTOCOLS, evaluate_segmenter
 from .intervals import FIGURES, ratio_summary, resample_weights, seed_summary
-from .model import SegmenterConfig, build_segmenter
+from .model import MODEL_FILE, SegmenterConfig, build_segmenter
 from .train import SegmentTrainConfig, train_segmenter
 
 log = logging.getLogger("mal")
@@ -112,9 +114,13 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
                                       progress=progress)
             run = {"seed": seed, "run": str(run_dir), "train_seconds": round(time.perf_counter() - t, 1)}
             for protocol in protocols:
-                r = evaluate_segmenter(run_dir, images, gt, image_ids=eval_ids, protocol=protocol,
-                                       resamples=resamples, precision=precision, num_workers=num_workers,
-                                       progress=progress)
+                key = _eval_key(run_dir, gt, eval_ids, protocol, bootstrap)
+                r = _cached_eval(run_dir, protocol, key) if resume else None
+                if r is None:
+                    r = evaluate_segmenter(run_dir, images, gt, image_ids=eval_ids, protocol=protocol,
+                                           resamples=resamples, precision=precision, num_workers=num_workers,
+                                           progress=progress)
+                    _save_eval(run_dir, protocol, key, r)
                 resampled.setdefault((name, protocol), []).append(r.pop("resampled", None))
                 run[protocol] = r
             report["models"][name]["runs"].append(run)
@@ -132,6 +138,36 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json_atomic(report, out / "retention.json")
     return report
+
+
+def _eval_key(run_dir: Path, gt, eval_ids: set[int], protocol: str, bootstrap: int) -> dict:
+    """What an evaluation depends on: the trained weights (their bytes: a resumed run that had finished
+    saves the same weights again), the ground truth file, the held-out ids, the protocol and the
+    resamples. A resumed job reuses a saved evaluation only if all match."""
+    weights = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()
+    ids = hashlib.sha256(",".join(map(str, sorted(eval_ids))).encode()).hexdigest()
+    return {"weights": weights, "gt": str(gt), "eval_ids": ids,
+            "protocol": protocol, "bootstrap": bootstrap}
+
+
+def _save_eval(run_dir: Path, protocol: str, key: dict, report: dict) -> None:
+    res = report.get("resampled")
+    write_json_atomic({"key": key, "report": {k: v for k, v in report.items() if k != "resampled"},
+                       "resampled": None if res is None else {k: np.asarray(v).tolist() for k, v in res.items()}},
+                      Path(run_dir) / f"eval_{protocol}.json")
+
+
+def _cached_eval(run_dir: Path, protocol: str, key: dict) -> dict | None:
+    path = Path(run_dir) / f"eval_{protocol}.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("key") != key:
+        return None
+    log.info("%s: evaluation (%s) reused from %s", run_dir, protocol, path.name)
+    res = saved["resampled"]
+    return {**saved["report"], "resampled": None if res is None else {k: np.asarray(v) for k, v in res.items()}}
 
 
 def _stack(per_seed: list, key: str, j: int | None = None) -> np.ndarray | None:
