@@ -123,7 +123,7 @@ def test_segment_train_needs_masks(scenes, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_retention_end_to_end(scenes, tmp_path, capsys, monkeypatch):
+def test_retention_end_to_end(scenes, tmp_path, capsys, monkeypatch, caplog):
     """Two seeds, both protocols, a small bootstrap, through the CLI; "same" is the human file again."""
     images, gt, _ = scenes
     tr, ev = _ids(tmp_path, "train.txt", range(1, 6)), _ids(tmp_path, "eval.txt", range(6, 9))
@@ -183,10 +183,12 @@ def test_retention_end_to_end(scenes, tmp_path, capsys, monkeypatch):
     def no_eval(*a, **k):
         raise AssertionError("a finished run was evaluated again")
     monkeypatch.setattr(retention_module, "evaluate_segmenter", no_eval)
+    caplog.set_level("INFO", logger="mal")
     assert main(["retention", "--images", str(images), "--gt", str(gt), "--pseudo", f"same={gt}",
                  "--train-ids", str(tr), "--eval-ids", str(ev), "--out", str(ret), *TINY, "--max-steps", "2",
                  "--class-agnostic", "--precision", "32", "--seeds", "2", "--bootstrap", "20", "--lr", "2e-4",
                  "--no-untrained", "--resume"]) == 0
+    assert "segmenter already trained (2 steps)" in caplog.text
     again = json.loads((ret / "retention.json").read_text())
     for name in ("human", "same"):
         for p in ("full", "mask_only"):

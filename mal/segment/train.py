@@ -46,6 +46,11 @@ class SegmenterModule(L.LightningModule):
         self.optim = SegmentTrainConfig(**optim)
         self.model = build_segmenter(self.config, weights=weights, strict=strict_weights)
 
+    start_step: int | None = None  # the step training (re)started from, for the closing log line
+
+    def on_train_start(self) -> None:
+        self.start_step = self.global_step
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, targets = batch
         losses = self.model(list(images), list(targets))
@@ -132,6 +137,10 @@ def train_segmenter(images: str | Path, annotations: str | Path | dict, out: str
     if trainer.is_global_zero:
         save_segmenter(module.model, cfg, out)
         secs = time.perf_counter() - t0
-        log.info("segmenter trained %d steps in %.0f s (%.2f images/s); saved to %s", trainer.global_step,
-                 secs, trainer.global_step * loader.batch_size / max(secs, 1e-9), out)
+        done = trainer.global_step - (trainer.global_step if module.start_step is None else module.start_step)
+        if done:
+            log.info("segmenter trained %d steps in %.0f s (%.2f images/s); saved to %s", done, secs,
+                     done * loader.batch_size / max(secs, 1e-9), out)
+        else:  # a resumed run that had already finished
+            log.info("segmenter already trained (%d steps): %s", trainer.global_step, out)
     return out
