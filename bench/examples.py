@@ -59,7 +59,7 @@ def draw(rows: list[Row], rles: list[dict], images: dict, images_dir: str | Path
 
     if not rows:
         raise SystemExit("no instance to draw (all boxes below --min-size?)")
-    labels = [names[0], names[1], "human"]
+    labels = [names[0], names[1], "human mask"]
     fig, axes = plt.subplots(3, len(rows), figsize=(2.2 * len(rows), 7.0), squeeze=False)
     for c, r in enumerate(rows):
         img, _ = _read(Path(images_dir), images[r.image_id])
