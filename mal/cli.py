@@ -94,7 +94,7 @@ def _json_object(v: str) -> dict:
 
 
 def _label(a) -> None:
-    from .chunks import parse_shard
+    from .labeling.store import parse_shard
     if a.out.exists() and not (a.overwrite or a.resume):
         raise MalError(f"{a.out} exists; pass --overwrite to replace it")
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,

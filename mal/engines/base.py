@@ -2,7 +2,7 @@
 
 An engine turns one image and its boxes into one mask (and a score) per box. Reading and validating
 the COCO file, reading images in worker processes, the progress bar, chunked output, shards and
-resume are the same for every engine and for the MAL model (:func:`mal.label_loop.label_in_chunks`);
+resume are the same for every engine and for the MAL model (:func:`mal.labeling.loop.label_in_chunks`);
 :class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks
 (:func:`mal.predictor.engine_masks`, which :class:`mal.predictor.MaskPredictor` uses too).
 """
@@ -18,8 +18,8 @@ from torch.utils.data import Dataset
 from ..data.coco import BoxDataset, ImageGroup, load_boxes
 from ..data.crops import xywh_to_xyxy
 from ..data.dataset import ImageReader
-from ..label_loop import LabelSummary, check_strict, label_in_chunks
-from ..output import annotation_out
+from ..labeling.loop import LabelSummary, check_strict, label_in_chunks
+from ..labeling.record import annotation_out
 from ..predictor import engine_masks
 
 log = logging.getLogger("mal")
@@ -40,7 +40,7 @@ class Engine(Protocol):
 
 
 class EngineLabeler:
-    """An :class:`Engine` as a :class:`mal.label_loop.ImageLabeler`: one ``predict`` call per image; every
+    """An :class:`Engine` as a :class:`mal.labeling.loop.ImageLabeler`: one ``predict`` call per image; every
     mask clipped to its box, an empty one replaced by the filled box (score 0, flagged)."""
 
     def __init__(self, engine: Engine, data: BoxDataset):
@@ -86,10 +86,10 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     Every mask is clipped to its box (the box is ground truth); a mask that is empty after clipping
     is replaced by the filled box, scored 0 and flagged ``"mal_fallback": "box"``. The output is the
     input COCO dict with its annotations replaced (same order), written atomically once every shard
-    is done. An unreadable image raises :class:`mal.label.LabelError` naming it, unless
+    is done. An unreadable image raises :class:`mal.labeling.label.LabelError` naming it, unless
     ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
     ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
-    :func:`mal.label_loop.label_in_chunks`. ``strict``: as in :func:`mal.label.label`.
+    :func:`mal.labeling.loop.label_in_chunks`. ``strict``: as in :func:`mal.labeling.label.label`.
     """
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
     return label_in_chunks(EngineLabeler(engine, data), data, out, num_workers=num_workers,

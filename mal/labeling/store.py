@@ -1,8 +1,8 @@
 """Labeling results on disk in durable chunks, so that a labeling job can run as N shards (processes
 or machines), be killed at any moment, resume without redoing finished work, and end as one COCO file.
 
-The words, used with these meanings only (here, in :mod:`mal.job`, :mod:`mal.chunk_merge` and
-:mod:`mal.label_loop`):
+The words, used with these meanings only (here, in :mod:`mal.labeling.manifest`, :mod:`mal.labeling.merge` and
+:mod:`mal.labeling.loop`):
 
 - **job**: labeling one annotations file with one labeler (and its settings) into one output file.
 - **work dir**: the folder holding a job's files until the merge (default ``<out>.parts/``; "parts",
@@ -14,10 +14,10 @@ The words, used with these meanings only (here, in :mod:`mal.job`, :mod:`mal.chu
 
 Work dir::
 
-    job.json                          the job's manifest (mal.job): input hash, labeler identity, N, K
+    job.json                          the job's manifest (mal.labeling.manifest): input hash, labeler identity, N, K
     shard-0-of-2/chunk-00000.jsonl    one chunk (this module: ChunkStore)
     merge.lock                        flock'ed while a finished shard checks for completion and merges
-                                      (mal.chunk_merge)
+                                      (mal.labeling.merge)
 
 Which image goes where depends on the input alone (:class:`ChunkPlan`): images in the box index's
 order (:meth:`mal.data.coco.BoxDataset.by_image`); shard i of N takes images i, i+N, i+2N, ...
@@ -37,9 +37,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_file
-from .data.coco import ImageGroup
-from .errors import MalError
+from ..atomic import atomic_file
+from ..data.coco import ImageGroup
+from ..errors import MalError
 
 
 class PartsError(MalError):

@@ -1,4 +1,4 @@
-"""A labeling job's manifest, ``job.json`` in its work dir (words: :mod:`mal.chunks`): what decides
+"""A labeling job's manifest, ``job.json`` in its work dir (words: :mod:`mal.labeling.store`): what decides
 the job's chunks, so that resuming runs and other shards reuse them only for the same job.
 
 Manifest: ``format`` (of the work dir), ``input`` (the annotations path, for people; never
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .chunks import ChunkPlan, ChunkStore, PartsError
-from .data.coco import BoxDataset, ImageGroup
-from .atomic import atomic_file
+from .store import ChunkPlan, ChunkStore, PartsError
+from ..data.coco import BoxDataset, ImageGroup
+from ..atomic import atomic_file
 
 JOB_FILE = "job.json"
 FORMAT = 1
@@ -93,5 +93,5 @@ def weights_sha256(model) -> str:
     needs no torch) or an :class:`~mal.modeling.onnx_labeler.OnnxLabeler`."""
     if hasattr(model, "sha256"):
         return model.sha256
-    from .runtime import tensors_sha256
+    from ..runtime import tensors_sha256
     return tensors_sha256(sorted(model.state_dict().items()))

@@ -1,9 +1,9 @@
-"""The one labeling loop, for every labeler (words: :mod:`mal.chunks`).
+"""The one labeling loop, for every labeler (words: :mod:`mal.labeling.store`).
 
 :func:`label_in_chunks` streams the images of one shard through an :class:`ImageLabeler`, writes the
 results in durable chunks, skips chunks already done (``resume``) and merges the output file once
 every shard is done; :func:`merge` merges a finished job explicitly (``mal merge``). Both return a
-:class:`LabelSummary`. The labelers: :class:`mal.label.ModelLabeler` (the trained MAL model) and
+:class:`LabelSummary`. The labelers: :class:`mal.labeling.label.ModelLabeler` (the trained MAL model) and
 :class:`mal.engines.base.EngineLabeler` (any engine).
 """
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Protocol
 
 from torch.utils.data import DataLoader, Dataset
 
-from .chunk_merge import MergeOutcome, merge_and_clean
-from .chunks import ChunkPlan, parse_shard
-from .data.coco import BoxDataset, ImageGroup, load_boxes
-from .data.dataset import collate_single
-from .errors import MalError
-from .job import job_manifest, open_for_labeling, open_for_merge
-from .progress import progress as progress_bar
+from .merge import MergeOutcome, merge_and_clean
+from .store import ChunkPlan, parse_shard
+from ..data.coco import BoxDataset, ImageGroup, load_boxes
+from ..data.dataset import collate_single
+from ..errors import MalError
+from .manifest import job_manifest, open_for_labeling, open_for_merge
+from ..progress import progress as progress_bar
 
 log = logging.getLogger("mal")
 
@@ -69,7 +69,7 @@ class LabelSummary:
 
 
 class ImageLabeler(Protocol):
-    """Turns decoded images into output annotations (:func:`mal.output.annotation_out`) for
+    """Turns decoded images into output annotations (:func:`mal.labeling.record.annotation_out`) for
     :func:`label_in_chunks`."""
 
     name: str

@@ -1,11 +1,11 @@
 """Label every box of a COCO file with a trained MAL labeler (:func:`label`) and write a COCO file
 with RLE masks.
 
-:class:`ModelLabeler` adapts the model to the labeling loop (:func:`mal.label_loop.label_in_chunks`,
+:class:`ModelLabeler` adapts the model to the labeling loop (:func:`mal.labeling.loop.label_in_chunks`,
 which also serves the engines and does chunks, shards and resume); the masks are
 :mod:`mal.predictor`'s. The public names of labeling are importable from here: :func:`label`,
 :func:`merge`, :class:`LabelError`, :class:`LabelSummary`, :func:`annotation_out` (the output
-format, :mod:`mal.output`) and :func:`weights_sha256` (the model's identity, :mod:`mal.job`).
+format, :mod:`mal.labeling.record`) and :func:`weights_sha256` (the model's identity, :mod:`mal.labeling.manifest`).
 """
 from __future__ import annotations
 
@@ -16,22 +16,22 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .data.coco import BoxDataset, ImageGroup, load_boxes
-from .data.crops import xywh_to_xyxy
-from .data.dataset import ImageCrops
-from .job import weights_sha256
-from .label_loop import LabelError, LabelSummary, check_strict, label_in_chunks, merge
-from .modeling.labeler import MaskLabeler, is_labeler, load_labeler
-from .output import annotation_out
-from .predictor import decode_maps, to_mask
-from .runtime import resolve_device, resolve_precision
+from ..data.coco import BoxDataset, ImageGroup, load_boxes
+from ..data.crops import xywh_to_xyxy
+from ..data.dataset import ImageCrops
+from .manifest import weights_sha256
+from .loop import LabelError, LabelSummary, check_strict, label_in_chunks, merge
+from ..modeling.labeler import MaskLabeler, is_labeler, load_labeler
+from .record import annotation_out
+from ..predictor import decode_maps, to_mask
+from ..runtime import resolve_device, resolve_precision
 
 __all__ = ["LabelError", "LabelSummary", "ModelLabeler", "annotation_out", "label", "merge",
            "weights_sha256"]
 
 
 class ModelLabeler:
-    """The trained MAL model as an :class:`~mal.label_loop.ImageLabeler`: the crops of every image
+    """The trained MAL model as an :class:`~mal.labeling.loop.ImageLabeler`: the crops of every image
     (one per box, or the whole image for view "image"), encoded and decoded in batches of
     ``batch_size`` that span images, pasted back and thresholded; scored by SAM's IoU head when the
     model has one."""
@@ -85,7 +85,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     Only boxes are read from the input; any ``segmentation`` there is ignored. The output keeps the
     input's images, categories and annotation ids, and is written atomically once every shard is
     done. ``shard``, ``resume``, ``work_dir``, ``chunk_images`` and ``keep_parts``: see
-    :func:`~mal.label_loop.label_in_chunks`. ``strict``: every skip or fallback on bad input (a
+    :func:`~mal.labeling.loop.label_in_chunks`. ``strict``: every skip or fallback on bad input (a
     clipped box, an image whose COCO size is its stored, un-rotated size) is an error.
     """
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
