@@ -2,7 +2,8 @@
 layer over these; each lives next to the work it does:
 
 - :func:`train` is :func:`mal.train.train_labeler` (data, Trainer, student + EMA teacher);
-- :func:`label` and :func:`merge` are :mod:`mal.labeling.label`'s;
+- :func:`label` and :func:`merge` are :mod:`mal.labeling.label`'s (the labeling job's entry: the trained
+  labeler or any engine);
 - :func:`evaluate` and :func:`format_report` are :mod:`mal.evaluate`'s;
 - :func:`export_onnx` is :mod:`mal.modeling.onnx_labeler`'s (``mal label --model`` takes its output).
 """

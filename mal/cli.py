@@ -94,7 +94,10 @@ def _json_object(v: str) -> dict:
 
 
 def _label(a) -> None:
-    from .labeling.store import parse_shard
+    """Pick the labeler (the trained model, a SAM checkpoint in torch, or an engine) and label with
+    :func:`mal.api.label`, the one entry for all of them."""
+    from .api import label
+    from .labeling.plan import parse_shard
     if a.out.exists() and not (a.overwrite or a.resume):
         raise MalError(f"{a.out} exists; pass --overwrite to replace it")
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
@@ -102,33 +105,26 @@ def _label(a) -> None:
     if a.engine == "mal":
         if a.model is None:
             raise MalError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
-        from .api import label
-        print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
-                    precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-        return
-    from .engines import build_engine, label_with_engine
-    kwargs = {}
-    if a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
-        from .api import label
+        labeler = a.model
+    elif a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
+        from .engines import build_engine
         from .modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint
         if inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type).sam_type == "sam2":
-            print(label_with_engine(build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device), a.images,
-                                    a.annotations, a.out, num_workers=a.num_workers,
-                                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-            return
-        print(label(build_sam_labeler(a.sam_checkpoint, a.sam_type), a.images, a.annotations, a.out,
-                    batch_size=a.batch_size, device=a.device, precision=a.precision, threshold=a.threshold,
-                    num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-        return
-    if a.engine == "sam":
-        if not (a.sam_encoder and a.sam_decoder):
-            raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
-                           "FILE.onnx and --sam-decoder FILE.onnx")
-        kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
-    print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
-                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict,
-                            **chunked))
+            labeler = build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device)
+        else:
+            labeler = build_sam_labeler(a.sam_checkpoint, a.sam_type)
+    else:
+        from .engines import build_engine
+        kwargs = {}
+        if a.engine == "sam":
+            if not (a.sam_encoder and a.sam_decoder):
+                raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
+                               "FILE.onnx and --sam-decoder FILE.onnx")
+            kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
+        labeler = build_engine(a.engine, **kwargs)
+    print(label(labeler, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
+                precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
+                skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
 
 
 def _export_onnx(a) -> None:

@@ -19,7 +19,8 @@ import torch
 from conftest import TINY_KV
 
 from mal.labeling.merge import MergeOutcome, MergeResult, merge_and_clean
-from mal.labeling.store import PartsError, parse_shard
+from mal.labeling.plan import parse_shard
+from mal.labeling.store import PartsError
 from mal.cli import main
 from mal.data.coco import load_boxes
 from mal.demo import make_scenes

@@ -106,7 +106,7 @@ def test_one_weights_digest_for_both_hashes():
     and train.parameter_digest (parameters in order, 16 hex digits) computed before they shared it."""
     import hashlib
 
-    from mal.labeling.label import weights_sha256
+    from mal.labeling.labelers import weights_sha256
     from mal.runtime import tensors_sha256
     from mal.train import parameter_digest
 

@@ -1,4 +1,4 @@
-"""The merge of a labeling job (words: :mod:`mal.labeling.store`): every chunk of every shard into the one
+"""The merge of a labeling job (words: :mod:`mal.labeling`): every chunk of every shard into the one
 output COCO file, under ``merge.lock`` so that shards finishing together merge once.
 
 :func:`merge_and_clean` says what happened in a :class:`MergeResult`: this process wrote the output
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import ChunkStore, PartsError, Totals
-from .manifest import read_job
 from ..atomic import atomic_file
+from .manifest import read_job
+from .store import ChunkStore, PartsError, Totals
 
 LOCK_FILE = "merge.lock"
 
