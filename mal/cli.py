@@ -108,7 +108,8 @@ def _label(a) -> None:
         labeler = a.model
     elif a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
         from .engines import build_engine
-        from .modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint
+        from .modeling.load import build_sam_labeler
+        from .modeling.sam_checkpoint import inspect_sam_checkpoint
         if inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type).sam_type == "sam2":
             labeler = build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device)
         else:

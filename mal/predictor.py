@@ -23,7 +23,8 @@ from .data.crops import box_mask, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
 from .errors import MalError
-from .modeling.labeler import MaskLabeler, is_labeler, load_labeler
+from .modeling.labeler import MaskLabeler
+from .modeling.load import is_labeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
 Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)

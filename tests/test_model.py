@@ -3,8 +3,10 @@ import torch
 from safetensors.torch import save_file
 
 from mal.config import lr_lambda
-from mal.modeling.encoder import WeightsError, build_encoder, freeze_leading, load_encoder_weights
-from mal.modeling.labeler import LabelerConfig, build_labeler, load_labeler, save_labeler
+from mal.modeling.encoder import build_encoder, freeze_leading, load_encoder_weights
+from mal.modeling.weights import WeightsError
+from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
+from mal.modeling.load import load_labeler
 from mal.train import ema_update
 
 TINY = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,

@@ -16,7 +16,7 @@ class MalEngine:
         """model: a `mal train` run directory or .ckpt, a `mal export-onnx` directory, or a labeler; ``kwargs``: MaskPredictor's
         (device, precision, batch_size, threshold, expand)."""
         from ..labeling.labelers import weights_sha256
-        from ..modeling.labeler import is_labeler, load_labeler
+        from ..modeling.load import is_labeler, load_labeler
         model = model if is_labeler(model) else load_labeler(model)
         self.predictor = MaskPredictor(model, **kwargs)
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),

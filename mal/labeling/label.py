@@ -38,7 +38,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     ``model``: the trained labeler (a :class:`~mal.modeling.labeler.MaskLabeler`, its ONNX export, or
-    a path :func:`~mal.modeling.labeler.load_labeler` reads), or an engine (:class:`mal.engines.Engine`,
+    a path :func:`~mal.modeling.load.load_labeler` reads), or an engine (:class:`mal.engines.Engine`,
     which ignores ``batch_size``, ``device``, ``precision``, ``threshold`` and ``expand``; see
     :func:`mal.engines.label_with_engine`). Only boxes are read from the input; any ``segmentation``
     there is ignored. The output keeps the input's images, categories and annotation ids, and is

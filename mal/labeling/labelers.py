@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 from ..data.coco import BoxDataset, ImageGroup
 from ..data.crops import xywh_to_xyxy
 from ..data.dataset import ImageCrops, ImageReader
-from ..modeling.labeler import MaskLabeler, is_labeler, load_labeler
+from ..modeling.labeler import MaskLabeler
+from ..modeling.load import is_labeler, load_labeler
 from ..predictor import decode_maps, engine_masks, to_mask
 from ..runtime import resolve_device, resolve_precision, tensors_sha256
 from .record import annotation_out
@@ -46,7 +47,7 @@ class ModelLabeler:
     @classmethod
     def load(cls, model: MaskLabeler | str | Path, data: BoxDataset, *, device: str, precision: str,
              batch_size: int, threshold: float, expand: float | None) -> "ModelLabeler":
-        """``model`` (a labeler, or a path :func:`~mal.modeling.labeler.load_labeler` reads) on
+        """``model`` (a labeler, or a path :func:`~mal.modeling.load.load_labeler` reads) on
         ``device`` ("auto": under torchrun, this process's GPU) in eval mode; ``expand`` None: the
         model's ``label_expand``."""
         if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
