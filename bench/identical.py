@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     from mal.config import recipe
     from mal.engines import build_engine, label_with_engine
     from mal.evaluate import evaluate
-    from mal.label import label, merge
+    from mal.labeling.label import label, merge
     from mal.modeling.labeler import LabelerConfig, build_labeler, sam_weight_files
     a.out.mkdir(parents=True, exist_ok=True)
     coco = json.loads((a.data / "instances.json").read_text())

@@ -29,7 +29,7 @@ def label_shard(a) -> dict:
               num_workers=a.num_workers, progress=False)
     t0 = time.perf_counter()
     if a.engine == "mal":
-        from mal.label import label
+        from mal.labeling.label import label
         s = label(a.mal_run, a.images, a.annotations, a.pred, batch_size=a.batch_size, **kw)
     else:
         from mal.engines import build_engine, label_with_engine

@@ -59,7 +59,7 @@ def run_row(row: str, data: Path, out: Path, train_flags: list[str]) -> dict:
         from mal.engines import build_engine, label_with_engine
         label_with_engine(build_engine(row), images, gt, pred, progress=False)
     elif row in ("sam_image", "sam_crops"):
-        from mal.label import label
+        from mal.labeling.label import label
         from mal.config import recipe
         from mal.modeling.labeler import LabelerConfig, build_labeler, sam_weight_files
         w, n, d = sam_weight_files()

@@ -25,7 +25,7 @@ def run_one(engine: str, data: Path, out: Path, mal_run: Path | None, workers: i
     pred = out / f"{engine}_masks.json"
     t0 = time.perf_counter()
     if engine == "mal":
-        from mal.label import label
+        from mal.labeling.label import label
         summary = label(mal_run, images, gt, pred, batch_size=32, num_workers=workers, progress=False)
     else:
         from mal.engines import build_engine, label_with_engine

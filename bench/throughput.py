@@ -39,7 +39,7 @@ STAGES = {
     "threshold": [("predictor.py", "mask_from_prob")],
     "to_mask": [("predictor.py", "to_mask")],
     "RLE": [("coco_masks.py", "encode_rle")],
-    "write": [("chunks.py", "write_chunk"), ("label_loop.py", "merge")],
+    "write": [("store.py", "write_chunk"), ("chunks.py", "write_chunk"), ("label_loop.py", "merge")],
 }
 
 
@@ -75,7 +75,7 @@ def stage_seconds(prof: pstats.Stats, wall: float) -> dict:
 
 def label_row(model: str, gt: Path, pred: Path, precision: str, profile: bool) -> dict:
     """One `mal label` run (this process's code): boxes/s; with ``profile``, in-process loading and stages."""
-    from mal.label import label
+    from mal.labeling.label import label
     kw = dict(num_workers=0 if profile else 1, progress=False, precision=precision)
     pred.unlink(missing_ok=True)
     prof = cProfile.Profile() if profile else None

@@ -94,7 +94,10 @@ def _json_object(v: str) -> dict:
 
 
 def _label(a) -> None:
-    from .chunks import parse_shard
+    """Pick the labeler (the trained model, a SAM checkpoint in torch, or an engine) and label with
+    :func:`mal.api.label`, the one entry for all of them."""
+    from .api import label
+    from .labeling.plan import parse_shard
     if a.out.exists() and not (a.overwrite or a.resume):
         raise MalError(f"{a.out} exists; pass --overwrite to replace it")
     chunked = dict(shard=parse_shard(a.shard), resume=a.resume, work_dir=a.work_dir,
@@ -102,33 +105,27 @@ def _label(a) -> None:
     if a.engine == "mal":
         if a.model is None:
             raise MalError("--model is required with --engine mal (a `mal train` run directory or .ckpt)")
-        from .api import label
-        print(label(a.model, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
-                    precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-        return
-    from .engines import build_engine, label_with_engine
-    kwargs = {}
-    if a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
-        from .api import label
-        from .modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint
+        labeler = a.model
+    elif a.engine == "sam" and a.sam_checkpoint is not None:  # SAM in torch: the untrained sam labeler
+        from .engines import build_engine
+        from .modeling.load import build_sam_labeler
+        from .modeling.sam_checkpoint import inspect_sam_checkpoint
         if inspect_sam_checkpoint(a.sam_checkpoint, a.sam_type).sam_type == "sam2":
-            print(label_with_engine(build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device), a.images,
-                                    a.annotations, a.out, num_workers=a.num_workers,
-                                    skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-            return
-        print(label(build_sam_labeler(a.sam_checkpoint, a.sam_type), a.images, a.annotations, a.out,
-                    batch_size=a.batch_size, device=a.device, precision=a.precision, threshold=a.threshold,
-                    num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
-        return
-    if a.engine == "sam":
-        if not (a.sam_encoder and a.sam_decoder):
-            raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
-                           "FILE.onnx and --sam-decoder FILE.onnx")
-        kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
-    print(label_with_engine(build_engine(a.engine, **kwargs), a.images, a.annotations, a.out,
-                            num_workers=a.num_workers, skip_bad_images=a.skip_bad_images, strict=a.strict,
-                            **chunked))
+            labeler = build_engine("sam2", checkpoint=a.sam_checkpoint, device=a.device)
+        else:
+            labeler = build_sam_labeler(a.sam_checkpoint, a.sam_type)
+    else:
+        from .engines import build_engine
+        kwargs = {}
+        if a.engine == "sam":
+            if not (a.sam_encoder and a.sam_decoder):
+                raise MalError("--engine sam needs --sam-checkpoint FILE (a SAM checkpoint) or --sam-encoder "
+                               "FILE.onnx and --sam-decoder FILE.onnx")
+            kwargs = dict(encoder_path=a.sam_encoder, decoder_path=a.sam_decoder)
+        labeler = build_engine(a.engine, **kwargs)
+    print(label(labeler, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
+                precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
+                skip_bad_images=a.skip_bad_images, strict=a.strict, **chunked))
 
 
 def _export_onnx(a) -> None:
@@ -227,12 +224,9 @@ def _parsers(p: argparse.ArgumentParser):
                 yield from _parsers(sp)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mal", description="Mask Auto-Labeler: COCO boxes -> instance masks")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="train a mask labeler from the boxes of a COCO file")
+def add_train_parser(subparsers) -> None:
+    """`mal train`: train a labeler from the boxes of a COCO file."""
+    t = subparsers.add_parser("train", help="train a mask labeler from the boxes of a COCO file")
     t.add_argument("--images", required=True, type=Path, help="folder with the images")
     t.add_argument("--annotations", required=True, type=Path, help="COCO instances JSON (only bbox is used)")
     t.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, logs, model)")
@@ -304,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take only the masks marked mal_reviewed: true (changed by a person in the review)")
     t.set_defaults(func=_train)
 
-    lb = sub.add_parser("label", help="give every box of a COCO file a mask")
+
+def add_label_parser(subparsers) -> None:
+    """`mal label`: a mask for every box, from the trained labeler or an engine."""
+    lb = subparsers.add_parser("label", help="give every box of a COCO file a mask")
     lb.add_argument("--engine", choices=["mal", "sam", "grabcut", "box", "ellipse"], default="mal",
                     help="mal: the trained labeler (default); sam: zero-shot box-prompted SAM (ONNX); "
                          "grabcut: OpenCV GrabCut; box: the filled box; ellipse: the ellipse inscribed in the box")
@@ -342,34 +339,49 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
     lb.set_defaults(func=_label)
 
-    xo = sub.add_parser("export-onnx", help="write a trained labeler as ONNX (encoder.onnx, decoder.onnx, "
-                        "config.json) for `mal label --model DIR` or deployment without torch")
+
+def add_export_onnx_parser(subparsers) -> None:
+    """`mal export-onnx`: a trained labeler as ONNX."""
+    xo = subparsers.add_parser("export-onnx", help="write a trained labeler as ONNX (encoder.onnx, decoder.onnx, "
+                               "config.json) for `mal label --model DIR` or deployment without torch")
     xo.add_argument("--model", required=True, type=Path, help="run directory of `mal train`, or a .ckpt")
     xo.add_argument("--out", required=True, type=Path, help="output directory")
     xo.set_defaults(func=_export_onnx)
 
-    mg = sub.add_parser("merge", help="write the output of a sharded `mal label` job from its chunks")
+
+def add_merge_parser(subparsers) -> None:
+    """`mal merge`: the output of a sharded `mal label` job."""
+    mg = subparsers.add_parser("merge", help="write the output of a sharded `mal label` job from its chunks")
     mg.add_argument("--annotations", required=True, type=Path, help="the input COCO file the job labeled")
     mg.add_argument("--out", required=True, type=Path, help="output COCO JSON with RLE masks")
     mg.add_argument("--work-dir", type=Path, help="the job's work dir (default: OUT.parts)")
     mg.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
     mg.set_defaults(func=_merge)
 
-    e = sub.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
+
+def add_eval_parser(subparsers) -> None:
+    """`mal eval`: predicted masks against ground truth."""
+    e = subparsers.add_parser("eval", help="score predicted masks against ground-truth masks of the same boxes")
     e.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     e.add_argument("--pred", required=True, type=Path, help="COCO JSON with the predicted masks (`mal label`'s "
                    "output); its boxes must be those of --gt, or some of them (a labeled sample: only those are scored)")
     e.add_argument("--json", type=Path, help="also write the full report here")
     e.set_defaults(func=_eval)
 
-    c = sub.add_parser("compare", help="metrics of several prediction files side by side")
+
+def add_compare_parser(subparsers) -> None:
+    """`mal compare`: several prediction files side by side."""
+    c = subparsers.add_parser("compare", help="metrics of several prediction files side by side")
     c.add_argument("--gt", required=True, type=Path, help="COCO JSON with the ground-truth (human) masks")
     c.add_argument("preds", nargs="+", type=Path, help="prediction COCO files (same boxes as --gt)")
     c.add_argument("--names", nargs="+", help="column names (default: file stems)")
     c.add_argument("--json", type=Path, help="also write the comparison here")
     c.set_defaults(func=_compare)
 
-    sh = sub.add_parser("show", help="static HTML page to inspect masks side by side")
+
+def add_show_parser(subparsers) -> None:
+    """`mal show`: a static HTML review page."""
+    sh = subparsers.add_parser("show", help="static HTML page to inspect masks side by side")
     sh.add_argument("--images", required=True, type=Path, help="folder with the images")
     sh.add_argument("--pred", required=True, type=Path, action="append",
                     help="prediction file (repeatable: one column each)")
@@ -384,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, type=Path, help="output folder (index.html + overlays/)")
     sh.set_defaults(func=_show)
 
-    ex = sub.add_parser("export", help="convert labeled masks to COCO polygons, YOLO, PNG or Label Studio")
+
+def add_export_parser(subparsers) -> None:
+    """`mal export`: labeled masks to other formats."""
+    ex = subparsers.add_parser("export", help="convert labeled masks to COCO polygons, YOLO, PNG or Label Studio")
     ex.add_argument("--pred", required=True, type=Path, help="labeled COCO file (the output of `mal label`)")
     ex.add_argument("--format", action="append", metavar="FMT",
                     help="coco-polygons (default), yolo, png, label-studio; repeatable or a comma list")
@@ -400,8 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="png: one 0/255 PNG per instance, a 16-bit label map per image, or both")
     ex.set_defaults(func=_export)
 
-    im = sub.add_parser("import", help="read masks people reviewed (a Label Studio export of the tasks `mal export` "
-                        "wrote) back into a COCO file for `mal train --masks`")
+
+def add_import_parser(subparsers) -> None:
+    """`mal import`: reviewed masks back into a COCO file."""
+    im = subparsers.add_parser("import", help="read masks people reviewed (a Label Studio export of the tasks `mal export` "
+                               "wrote) back into a COCO file for `mal train --masks`")
     im.add_argument("--format", choices=["label-studio"], default="label-studio",
                     help="label-studio: the project's JSON export (Export > JSON)")
     im.add_argument("--pred", required=True, type=Path, help="the labeled COCO file that was exported for review")
@@ -410,14 +428,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "their original annotation ids; mal_reviewed: true where a person changed the mask")
     im.set_defaults(func=_import)
 
-    from .segment.cli import add_parsers as add_segment_parsers
-    add_segment_parsers(sub)
 
-    d = sub.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
+def add_demo_parser(subparsers) -> None:
+    """`mal demo`: train, label and evaluate on synthetic scenes."""
+    d = subparsers.add_parser("demo", help="train, label and evaluate on a built-in synthetic example")
     d.add_argument("--out", type=Path, default=Path("mal_demo"),
                    help="output folder (data/, run/, masks.json, box_masks.json); files of an earlier demo there are overwritten")
     d.add_argument("--epochs", type=int, default=None, help="training length (default: mal.demo.DEMO_EPOCHS)")
     d.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `mal` parser, one small function per command (the phase 2 ones: :mod:`mal.segment.cli`)."""
+    from .segment.cli import add_parsers as add_segment_parsers
+    p = argparse.ArgumentParser(prog="mal", description="Mask Auto-Labeler: COCO boxes -> instance masks")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_label_parser(sub)
+    add_export_onnx_parser(sub)
+    add_merge_parser(sub)
+    add_eval_parser(sub)
+    add_compare_parser(sub)
+    add_show_parser(sub)
+    add_export_parser(sub)
+    add_import_parser(sub)
+    add_segment_parsers(sub)  # segment, retention
+    add_demo_parser(sub)
     for q in _parsers(p):
         q.formatter_class = _HelpFormatter
     return p

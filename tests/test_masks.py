@@ -5,7 +5,7 @@ from pycocotools import mask as mask_utils
 
 from mal.atomic import write_json_atomic
 from mal.coco_masks import decode_rle, encode_rle
-from mal.output import annotation_out
+from mal.labeling.record import annotation_out
 from mal.predictor import mask_from_prob
 
 

@@ -3,8 +3,10 @@ import torch
 from safetensors.torch import save_file
 
 from mal.config import lr_lambda
-from mal.modeling.encoder import WeightsError, build_encoder, freeze_leading, load_encoder_weights
-from mal.modeling.labeler import LabelerConfig, build_labeler, load_labeler, save_labeler
+from mal.modeling.encoder import build_encoder, freeze_leading, load_encoder_weights
+from mal.modeling.weights import WeightsError
+from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
+from mal.modeling.load import load_labeler
 from mal.train import ema_update
 
 TINY = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
@@ -106,7 +108,7 @@ def test_one_weights_digest_for_both_hashes():
     and train.parameter_digest (parameters in order, 16 hex digits) computed before they shared it."""
     import hashlib
 
-    from mal.label import weights_sha256
+    from mal.labeling.labelers import weights_sha256
     from mal.runtime import tensors_sha256
     from mal.train import parameter_digest
 

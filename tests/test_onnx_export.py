@@ -10,7 +10,7 @@ import torch
 from conftest import save_tiny_labeler
 from mal.cli import main
 from mal.coco_masks import decode_rle
-from mal.modeling.labeler import load_labeler
+from mal.modeling.load import load_labeler
 from mal.modeling.onnx_labeler import OnnxLabeler
 
 

@@ -9,7 +9,7 @@ from conftest import save_tiny_labeler
 from mal.data.crops import box_mask, xywh_to_xyxy
 from mal.data.images import ImageError, read_rgb
 from mal.engines import build_engine, label_with_engine
-from mal.label import label
+from mal.labeling.label import label
 from mal.coco_masks import decode_rle
 from mal.predictor import MaskPredictor
 

@@ -8,7 +8,7 @@ pytest.importorskip("sam2", reason="Meta's sam2 package is not installed (pip in
 
 from mal.engines.sam2 import sam2_config  # noqa: E402
 from mal.errors import MalError  # noqa: E402
-from mal.modeling.encoder import WeightsError  # noqa: E402
+from mal.modeling.weights import WeightsError  # noqa: E402
 from mal.modeling.sam_checkpoint import inspect_sam_checkpoint  # noqa: E402
 
 

@@ -13,8 +13,9 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from mal.data.crops import box_mask
 from mal.errors import MalError
-from mal.modeling.encoder import WeightsError
-from mal.modeling.sam_checkpoint import build_sam_labeler, inspect_sam_checkpoint, tinyvit_to_timm
+from mal.modeling.weights import WeightsError
+from mal.modeling.load import build_sam_labeler
+from mal.modeling.sam_checkpoint import inspect_sam_checkpoint, tinyvit_to_timm
 from mal.predictor import MaskPredictor
 
 SIZE = 256  # the tiny ViT's frame (Meta's: 1024)

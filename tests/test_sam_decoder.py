@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import COCO_MINI, SAM_DECODER_ONNX, SAM_ENCODER_ONNX, SAM_NECK, TINYVIT_SAM, require
-from mal.modeling.encoder import WeightsError
+from mal.modeling.weights import WeightsError
 from mal.modeling.labeler import LabelerConfig, build_labeler
 from mal.modeling.neck import SamNeck, load_neck_weights
 from mal.modeling.sam_decoder import SamBoxDecoder, build_sam_decoder

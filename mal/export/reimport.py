@@ -26,6 +26,7 @@ from pycocotools import mask as mask_utils
 
 from ..atomic import write_json_atomic
 from ..coco_masks import EvalError, encode_rle, to_rle
+from .labeled import read_labeled
 from .writers import ExportError
 
 IMPORT_FORMATS = ("label-studio",)
@@ -52,10 +53,9 @@ class ImportResult:
 def import_masks(pred, tasks_file, out, format: str = "label-studio") -> ImportResult:
     """Read ``tasks_file`` (a Label Studio JSON export) against ``pred``, the labeled COCO file that
     ``mal export`` turned into its tasks, and write the reviewed masks to ``out`` (COCO, RLE)."""
-    from . import _read
     if format not in IMPORT_FORMATS:
         raise ExportError(f"import format must be one of {', '.join(IMPORT_FORMATS)}, not {format!r}")
-    coco, pred_name, per_image = _read(pred, stems=False)
+    coco, pred_name, per_image = read_labeled(pred, stems=False)
     images = {img["id"]: (img, anns) for img, anns in per_image}
     tasks, name = _read_tasks(tasks_file)
     res, anns, seen = ImportResult(Path(out)), [], {}

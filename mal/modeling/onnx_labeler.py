@@ -1,4 +1,5 @@
-"""A trained labeler as ONNX, for deployment without torch: :func:`export_onnx` writes a directory
+"""A trained labeler as ONNX, for deployment without torch: :func:`mal.modeling.onnx_export.export_onnx`
+writes a directory
 
     encoder.onnx   crops (M, 3, S, S) float RGB 0..255 -> features (M, C, h, w)  (normalisation inside)
     decoder.onnx   K.V:  features (N, C, h, w) -> mask logits (N, S/4, S/4)
@@ -16,87 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..atomic import write_json_atomic
 from ..config import LabelerConfig
 from ..errors import MalError
 from ..ort import open_session
 
 ENCODER_FILE, DECODER_FILE, CONFIG_FILE = "encoder.onnx", "decoder.onnx", "config.json"
 META_KEY = "mal_labeler"  # metadata_props key: "encoder" or "decoder"
-OPSET = 17
 
 
 class OnnxExportError(MalError):
     """A path that is not a `mal export-onnx` directory, or an ONNX file that is not one of its graphs."""
-
-
-class _Encoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, crops):
-        return self.model.embed(crops)
-
-
-class _Decoder(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, feats, boxes=None, index=None):
-        logits, iou = self.model.decode(feats, boxes, self.model.config.crop_size, index)
-        return logits if iou is None else (logits, iou)
-
-
-def _tag(path: Path, role: str, config: LabelerConfig) -> None:
-    import onnx
-    m = onnx.load(str(path))
-    for k, v in ((META_KEY, role), ("mal_config", json.dumps(asdict(config), sort_keys=True))):
-        p = m.metadata_props.add()
-        p.key, p.value = k, v
-    onnx.save(m, str(path))
-
-
-def export_onnx(model, out_dir: str | Path, *, opset: int = OPSET) -> Path:
-    """Write ``model`` (a :class:`MaskLabeler`, a `mal train` run directory or a .ckpt) as
-    ``out_dir/{encoder,decoder}.onnx`` + ``config.json`` (fp32, CPU). The config is written last,
-    so a directory without it is an unfinished export. Returns ``out_dir``."""
-    from .labeler import MaskLabeler, load_labeler
-    model = model if isinstance(model, MaskLabeler) else load_labeler(model)
-    model = model.float().eval().cpu()
-    cfg = model.config
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).unlink(missing_ok=True)
-    S = cfg.crop_size
-    crops = torch.rand(2, 3, S, S) * 255
-    with torch.no_grad():
-        feats = model.embed(crops)
-    kw = dict(dynamo=False, opset_version=opset, do_constant_folding=True)
-    torch.onnx.export(_Encoder(model), (crops,), str(out / ENCODER_FILE), input_names=["crops"],
-                      output_names=["features"], dynamic_axes={"crops": {0: "M"}, "features": {0: "M"}}, **kw)
-    if cfg.decoder == "sam":  # three boxes on two embeddings: the batch and the index are both dynamic
-        boxes = torch.tensor([[S * .2, S * .3, S * .7, S * .8], [0, 0, S / 2, S / 2], [S * .1, S * .5, S, S]])
-        index = torch.tensor([0, 1, 1])
-        torch.onnx.export(_Decoder(model), (feats, boxes, index), str(out / DECODER_FILE),
-                          input_names=["features", "boxes", "index"], output_names=["logits", "iou"],
-                          dynamic_axes={"features": {0: "M"}, "boxes": {0: "N"}, "index": {0: "N"},
-                                        "logits": {0: "N"}, "iou": {0: "N"}}, **kw)
-    else:
-        torch.onnx.export(_Decoder(model), (feats,), str(out / DECODER_FILE), input_names=["features"],
-                          output_names=["logits"], dynamic_axes={"features": {0: "N"}, "logits": {0: "N"}}, **kw)
-    for f, role in ((ENCODER_FILE, "encoder"), (DECODER_FILE, "decoder")):
-        _tag(out / f, role, cfg)
-    write_json_atomic(asdict(cfg), out / CONFIG_FILE)
-    return out
 
 
 def export_dir(path: str | Path) -> Path | None:
@@ -128,7 +63,7 @@ def _role(path: Path) -> str | None:
 
 
 class OnnxLabeler:
-    """A :func:`export_onnx` directory run with onnxruntime, with :class:`MaskLabeler`'s interface:
+    """A :func:`~mal.modeling.onnx_export.export_onnx` directory run with onnxruntime, with :class:`MaskLabeler`'s interface:
     ``config``, ``embed(crops) -> feats``, ``decode(feats, boxes, crop_size, index) -> (logits, iou)``,
     ``to`` / ``eval`` (no-ops: onnxruntime on CPU, fp32 whatever ``precision`` says). ``sha256`` over
     the three files is its identity for ``mal label --resume``."""

@@ -11,7 +11,8 @@ One file names the whole model; its type, image size and architecture are read f
 
 Either way the labeler is the one :class:`~mal.modeling.labeler.MaskLabeler` (trunk -> :class:`SamNeck`
 -> :class:`SamBoxDecoder`, view "image" in the checkpoint's square frame), so zero-shot labeling
-(``mal label --engine sam --sam-checkpoint``) and training (``mal train --sam-checkpoint``) share its code.
+(``mal label --engine sam --sam-checkpoint``, :func:`mal.modeling.load.build_sam_labeler`) and training
+(``mal train --sam-checkpoint``) share its code.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..errors import MalError
-from .encoder import WeightsError, read_state_dict
+from .weights import WeightsError, read_state_dict
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")
 SAM_VIT = "sam_vit"  # the mal backbone name of segment-anything's ViT trunk (build_encoder)
@@ -95,6 +96,11 @@ def _prefixes(sd: dict) -> str:
     return ", ".join(top[:6]) + (f", ... ({len(top)} in all)" if len(top) > 6 else "") if top else "no tensors"
 
 
+def is_sam2_checkpoint(sd: dict) -> bool:
+    """A SAM 2 / 2.1 checkpoint (a Hiera image encoder: :mod:`mal.engines.sam2` runs it)."""
+    return "image_encoder.trunk.patch_embed.proj.weight" in sd
+
+
 def inspect_sam_checkpoint(path: str | Path, sam_type: str | None = None) -> SamCheckpoint:
     """Read a checkpoint's type and architecture from its keys and shapes. ``sam_type`` (vit_b/l/h/t),
     when given, must agree with the file. Anything else is a :class:`WeightsError` naming the file and
@@ -103,7 +109,6 @@ def inspect_sam_checkpoint(path: str | Path, sam_type: str | None = None) -> Sam
     if sam_type is not None and sam_type not in SAM_TYPES:
         raise MalError(f"--sam-type must be one of {', '.join(SAM_TYPES)}, not {sam_type!r}")
     sd = read_state_dict(path)
-    from ..engines.sam2 import is_sam2_checkpoint
     if is_sam2_checkpoint(sd):  # zero-shot engine only (mal.engines.sam2 says why)
         ckpt = SamCheckpoint(path, "sam2", "")
         if sam_type is not None:
@@ -197,11 +202,3 @@ def image_encoder_trunk(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
            if k.startswith("image_encoder.") and not k.startswith("image_encoder.neck.")}
     return tinyvit_to_timm(enc) if any(k.startswith("layers.") for k in enc) else enc
 
-
-def build_sam_labeler(path: str | Path, sam_type: str | None = None, base=None):
-    """A zero-shot SAM labeler (eval mode) from one SAM checkpoint: trunk, neck, prompt encoder and
-    decoder all read from ``path`` (strictly: a missing tensor or wrong shape is an error naming it)."""
-    from .labeler import build_labeler
-    ckpt = inspect_sam_checkpoint(path, sam_type)
-    return build_labeler(ckpt.labeler_config(base), weights=ckpt.path, neck_weights=ckpt.path,
-                         decoder_weights=ckpt.path).eval()

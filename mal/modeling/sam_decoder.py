@@ -23,7 +23,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
-from .encoder import WeightsError
+from .weights import WeightsError, read_state_dict
 
 EMBED_DIM = 256
 
@@ -153,7 +153,6 @@ def load_sam_decoder_weights(model: SamBoxDecoder, path: str | Path) -> None:
     if path.suffix == ".onnx":
         sd = _onnx_state_dict(path)
     else:
-        from .encoder import read_state_dict
         sd = {k: v for k, v in read_state_dict(path).items()
               if k.startswith(("prompt_encoder.", "mask_decoder."))}
     own = model.state_dict()

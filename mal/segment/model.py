@@ -23,13 +23,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from ..config import ARCHS
 from ..errors import MalError
-from ..modeling.encoder import (
-    Encoder,
-    WeightsError,
-    build_encoder,
-    freeze_leading,
-    load_encoder_weights,
-)
+from ..modeling.encoder import Encoder, build_encoder, freeze_leading, load_encoder_weights
+from ..modeling.weights import WeightsError
 from ..runtime import save_weights
 
 log = logging.getLogger("mal")

@@ -1,19 +1,20 @@
-"""A labeling job's manifest, ``job.json`` in its work dir (words: :mod:`mal.chunks`): what decides
+"""A labeling job's manifest, ``job.json`` in its work dir (words: :mod:`mal.labeling`): what decides
 the job's chunks, so that resuming runs and other shards reuse them only for the same job.
 
 Manifest: ``format`` (of the work dir), ``input`` (the annotations path, for people; never
 compared), ``input_sha256`` (:attr:`mal.data.coco.BoxDataset.input_sha256`), ``labeler`` (its
-``identity``: for the MAL model :func:`weights_sha256` and its settings), ``shards`` (N) and
-``chunk_images`` (K). Every key but ``input`` must match.
+``identity``: for the MAL model :func:`mal.labeling.labelers.weights_sha256` and its settings),
+``shards`` (N) and ``chunk_images`` (K). Every key but ``input`` must match.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .chunks import ChunkPlan, ChunkStore, PartsError
-from .data.coco import BoxDataset, ImageGroup
-from .atomic import atomic_file
+from ..atomic import atomic_file
+from ..data.coco import BoxDataset, ImageGroup
+from .plan import ChunkPlan
+from .store import ChunkStore, PartsError
 
 JOB_FILE = "job.json"
 FORMAT = 1
@@ -85,13 +86,3 @@ def _differences(found: dict, job: dict) -> list[str]:
             out.append(what)
     return out
 
-
-def weights_sha256(model) -> str:
-    """sha256 over a model's state dict (names and raw tensor bytes): the same weights, whatever
-    file or object they came from, give the same hash (the MAL model's part of its identity); an
-    ONNX export's is over its files. ``model``: a torch module (torch is imported only here: merging
-    needs no torch) or an :class:`~mal.modeling.onnx_labeler.OnnxLabeler`."""
-    if hasattr(model, "sha256"):
-        return model.sha256
-    from .runtime import tensors_sha256
-    return tensors_sha256(sorted(model.state_dict().items()))

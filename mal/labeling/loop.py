@@ -1,10 +1,9 @@
-"""The one labeling loop, for every labeler (words: :mod:`mal.chunks`).
+"""The one labeling loop, for every labeler (words: :mod:`mal.labeling`).
 
 :func:`label_in_chunks` streams the images of one shard through an :class:`ImageLabeler`, writes the
 results in durable chunks, skips chunks already done (``resume``) and merges the output file once
-every shard is done; :func:`merge` merges a finished job explicitly (``mal merge``). Both return a
-:class:`LabelSummary`. The labelers: :class:`mal.label.ModelLabeler` (the trained MAL model) and
-:class:`mal.engines.base.EngineLabeler` (any engine).
+every shard is done, returning a :class:`LabelSummary`. The labelers (:mod:`mal.labeling.labelers`):
+the trained MAL model and any engine.
 """
 from __future__ import annotations
 
@@ -16,13 +15,13 @@ from typing import Protocol
 
 from torch.utils.data import DataLoader, Dataset
 
-from .chunk_merge import MergeOutcome, merge_and_clean
-from .chunks import ChunkPlan, parse_shard
-from .data.coco import BoxDataset, ImageGroup, load_boxes
-from .data.dataset import collate_single
-from .errors import MalError
-from .job import job_manifest, open_for_labeling, open_for_merge
-from .progress import progress as progress_bar
+from ..data.coco import BoxDataset, ImageGroup
+from ..data.dataset import collate_single
+from ..errors import MalError
+from ..progress import progress as progress_bar
+from .manifest import job_manifest, open_for_labeling
+from .merge import MergeOutcome, merge_and_clean
+from .plan import ChunkPlan, parse_shard
 
 log = logging.getLogger("mal")
 
@@ -69,7 +68,7 @@ class LabelSummary:
 
 
 class ImageLabeler(Protocol):
-    """Turns decoded images into output annotations (:func:`mal.output.annotation_out`) for
+    """Turns decoded images into output annotations (:func:`mal.labeling.record.annotation_out`) for
     :func:`label_in_chunks`."""
 
     name: str
@@ -87,14 +86,6 @@ class ImageLabeler(Protocol):
     def flush(self) -> list[dict]:
         """Finish every image added so far (called at the end of each chunk)."""
         ...
-
-
-def check_strict(strict: bool, skip_bad_images: bool) -> bool:
-    """``strict``, refusing it together with ``skip_bad_images``."""
-    if strict and skip_bad_images:
-        raise MalError("--strict and --skip-bad-images contradict each other (--strict makes every "
-                         "skip an error); pass one of them")
-    return strict
 
 
 def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *, num_workers: int = 1,
@@ -179,18 +170,3 @@ def _skip_bad_image(item: dict, skip: bool, work_dir: Path, kept: int) -> dict:
     log.warning("skipping image: %s", item["error"])
     return {"image_id": item["image"]["id"], "boxes": len(item["records"]), "error": item["error"]}
 
-
-def merge(annotations: str | Path | dict, out: str | Path, *, work_dir: str | Path | None = None,
-          keep_parts: bool = False) -> LabelSummary:
-    """Merge the chunks of a finished (sharded) labeling job of ``annotations`` into ``out``."""
-    t0 = time.perf_counter()
-    data = load_boxes(annotations, ".", check_files=False, skip_crowd=False)
-    work_dir = Path(work_dir) if work_dir is not None else Path(str(out) + ".parts")
-    store = open_for_merge(work_dir, data.groups, data.input_sha256)
-    result = merge_and_clean(store, data.coco, out, keep_parts=keep_parts)
-    if not result.written:
-        raise LabelError(f"{work_dir} was merged and removed by another process meanwhile")
-    totals = result.totals
-    return LabelSummary(out=Path(out), images=totals.images, boxes=totals.boxes,
-                        fallbacks=totals.fallbacks, skipped_images=totals.skipped,
-                        seconds=time.perf_counter() - t0, shard=(0, store.plan.shards), work_dir=work_dir)

@@ -1,8 +1,8 @@
-"""The merge of a labeling job (words: :mod:`mal.chunks`): every chunk of every shard into the one
+"""The merge of a labeling job (words: :mod:`mal.labeling`): every chunk of every shard into the one
 output COCO file, under ``merge.lock`` so that shards finishing together merge once.
 
 :func:`merge_and_clean` says what happened in a :class:`MergeResult`: this process wrote the output
-(with the whole job's :class:`~mal.chunks.Totals`), another process already had (and removed the
+(with the whole job's :class:`~mal.labeling.store.Totals`), another process already had (and removed the
 work dir), or some shard is not done yet.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .chunks import ChunkStore, PartsError, Totals
-from .job import read_job
-from .atomic import atomic_file
+from ..atomic import atomic_file
+from .manifest import read_job
+from .store import ChunkStore, PartsError, Totals
 
 LOCK_FILE = "merge.lock"
 

@@ -1,29 +1,8 @@
-"""Labeling results on disk in durable chunks, so that a labeling job can run as N shards (processes
-or machines), be killed at any moment, resume without redoing finished work, and end as one COCO file.
+"""The chunk files of a labeling job's work dir (words: :mod:`mal.labeling`), laid out by its
+:class:`~mal.labeling.plan.ChunkPlan`.
 
-The words, used with these meanings only (here, in :mod:`mal.job`, :mod:`mal.chunk_merge` and
-:mod:`mal.label_loop`):
-
-- **job**: labeling one annotations file with one labeler (and its settings) into one output file.
-- **work dir**: the folder holding a job's files until the merge (default ``<out>.parts/``; "parts",
-  as in ``--keep-parts`` and :class:`PartsError`, always means this folder).
-- **shard**: one of the N slices of a job's images, each labeled by one process (``--shard i/N``).
-- **chunk**: up to K consecutive images of one shard (``--chunk-images K``), and the one file that
-  holds their results.
-- **merge**: writing the output file from every chunk of every shard, once all are written.
-
-Work dir::
-
-    job.json                          the job's manifest (mal.job): input hash, labeler identity, N, K
-    shard-0-of-2/chunk-00000.jsonl    one chunk (this module: ChunkStore)
-    merge.lock                        flock'ed while a finished shard checks for completion and merges
-                                      (mal.chunk_merge)
-
-Which image goes where depends on the input alone (:class:`ChunkPlan`): images in the box index's
-order (:meth:`mal.data.coco.BoxDataset.by_image`); shard i of N takes images i, i+N, i+2N, ...
-(round robin, so every shard gets a similar mix of the file's images); chunk k of a shard holds its
-images [k*K, (k+1)*K). A chunk file is written once, whole, through an fsync'ed temporary file and
-an atomic rename: it is complete or absent, and its presence means all its images are done.
+A chunk file is written once, whole, through an fsync'ed temporary file and an atomic rename: it is
+complete or absent, and its presence means all its images are done.
 
 Chunk file, JSON lines. Line 1, the header: ``shard``, ``shards``, ``chunk``, ``image_ids`` (every
 image of the chunk), ``skipped`` (``[{"image_id", "boxes", "error"}]``, images that could not be
@@ -32,57 +11,17 @@ read), ``ann_ids`` (one per following line) and ``fallbacks``. Then one output a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import atomic_file
-from .data.coco import ImageGroup
-from .errors import MalError
+from ..atomic import atomic_file
+from ..errors import MalError
+from .plan import ChunkPlan
 
 
 class PartsError(MalError):
     """The work dir does not belong to this job, or is not complete; the message says what to do."""
-
-
-def parse_shard(spec: str | tuple[int, int] | None) -> tuple[int, int]:
-    """``"i/N"`` or ``(i, N)`` -> ``(i, N)`` with 0 <= i < N. ``None``: torchrun's ``RANK`` /
-    ``WORLD_SIZE`` when both are set, else ``(0, 1)`` (the whole job in this process)."""
-    if spec is None:
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            return parse_shard((int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
-        return 0, 1
-    if isinstance(spec, str):
-        head, sep, tail = spec.partition("/")
-        try:
-            i, n = int(head), int(tail)
-        except ValueError:
-            raise MalError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}") from None
-        if not sep:
-            raise MalError(f"--shard must look like i/N (e.g. 0/4), got {spec!r}")
-    else:
-        i, n = (int(v) for v in spec)
-    if n < 1 or not 0 <= i < n:
-        raise MalError(f"shard {i}/{n} does not exist: shards are numbered 0 to N-1 (N >= 1)")
-    return i, n
-
-
-class ChunkPlan:
-    """Which images each chunk of each shard holds (see the module docstring)."""
-
-    def __init__(self, groups: list[ImageGroup], shards: int, chunk_images: int):
-        if chunk_images < 1:
-            raise MalError(f"--chunk-images must be at least 1, got {chunk_images}")
-        self.groups, self.shards, self.chunk_images = groups, shards, chunk_images
-        self._chunks: dict[int, list[list[ImageGroup]]] = {}
-
-    def chunks(self, shard: int) -> list[list[ImageGroup]]:
-        """Shard ``shard``'s chunks, each a list of up to ``chunk_images`` groups."""
-        if shard not in self._chunks:
-            mine, K = self.groups[shard::self.shards], self.chunk_images
-            self._chunks[shard] = [mine[s:s + K] for s in range(0, len(mine), K)]
-        return self._chunks[shard]
 
 
 @dataclass

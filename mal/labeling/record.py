@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .coco_masks import encode_rle
+from ..coco_masks import encode_rle
 
 
 def annotation_out(ann: dict, mask: np.ndarray, score: float, fallback: str | None) -> dict:
