@@ -420,10 +420,13 @@ def add_import_parser(subparsers) -> None:
     """`mal import`: reviewed masks back into a COCO file."""
     im = subparsers.add_parser("import", help="read masks people reviewed (a Label Studio export of the tasks `mal export` "
                                "wrote) back into a COCO file for `mal train --masks`")
-    im.add_argument("--format", choices=["label-studio"], default="label-studio",
-                    help="label-studio: the project's JSON export (Export > JSON)")
+    im.add_argument("--format", choices=["label-studio", "png"], default="label-studio",
+                    help="label-studio: the project's JSON export (Export > JSON); png: the png/ folder of "
+                         "`mal export --format png` with its masks/<image stem>/<annotation id>.png edited "
+                         "(a deleted file leaves its box out)")
     im.add_argument("--pred", required=True, type=Path, help="the labeled COCO file that was exported for review")
-    im.add_argument("--input", required=True, type=Path, help="the review tool's export (Label Studio: JSON)")
+    im.add_argument("--input", required=True, type=Path, help="the review tool's export (Label Studio: JSON; "
+                    "png: the folder)")
     im.add_argument("--out", required=True, type=Path, help="output COCO JSON: the reviewed masks (RLE) with "
                     "their original annotation ids; mal_reviewed: true where a person changed the mask")
     im.set_defaults(func=_import)

@@ -114,6 +114,6 @@ def test_nothing_submitted_is_an_error(reviewed, tmp_path):
     gt, tasks, *_ = reviewed
     for t in tasks:
         t["annotations"] = []
-    with pytest.raises(ExportError, match="no submitted mask"):
+    with pytest.raises(ExportError, match="no reviewed mask"):
         import_masks(gt, _write(tasks, tmp_path / "ls.json"), tmp_path / "masks.json")
     assert not (tmp_path / "masks.json").exists()

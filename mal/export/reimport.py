@@ -11,6 +11,10 @@ as it was. Left out, and counted in the summary: tasks nobody submitted (nobody 
 deleted in the review (the box is still there; an empty mask would teach the wrong thing) and regions
 drawn from scratch (no box to key them by).
 
+PNG: the ``png/masks/<image stem>/<annotation id>.png`` files of ``mal export --format png``, edited in any
+paint tool: each file is its box's mask (any nonzero pixel), ``mal_reviewed`` as above; a deleted file
+leaves its box out, a missing image folder its image.
+
 Every problem (malformed JSON, a task or region that is not of this labeled file, a mask of the wrong
 size) is one :class:`ExportError` naming the task and region, raised before anything is written.
 """
@@ -21,6 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -29,36 +34,66 @@ from ..coco_masks import EvalError, encode_rle, to_rle
 from .labeled import read_labeled
 from .writers import ExportError
 
-IMPORT_FORMATS = ("label-studio",)
+IMPORT_FORMATS = ("label-studio", "png")
 MAL_REGION = re.compile(r"ann(.+)")  # the region ids mal export writes: "ann<annotation id>"
 
 
 @dataclass
 class ImportResult:
     out: Path
-    tasks: int = 0          # tasks read (with a submitted annotation)
+    tasks: int = 0          # tasks (Label Studio) or image folders (PNG) read
     changed: int = 0        # masks a person changed: mal_reviewed true
     accepted: int = 0       # masks submitted as they were: mal_reviewed false
-    not_submitted: int = 0  # tasks without a submitted annotation: left out
-    deleted: int = 0        # mal's regions missing from the submitted annotation: left out
+    not_submitted: int = 0  # tasks without a submitted annotation / images without a mask folder: left out
+    deleted: int = 0        # mal's regions / PNGs missing from the review: left out
     drawn: int = 0          # regions that are not mal's (drawn from scratch): left out
+    format: str = "label-studio"
 
     def __str__(self) -> str:
-        return (f"imported {self.changed + self.accepted} masks from {self.tasks} reviewed tasks to {self.out}: "
-                f"{self.changed} changed by a person (mal_reviewed: true), {self.accepted} accepted as they were; "
-                f"left out: {self.not_submitted} tasks nobody submitted, {self.deleted} regions deleted, "
-                f"{self.drawn} regions drawn from scratch (no box)  (next: mal train --masks {self.out} ...)")
+        head = (f"imported {self.changed + self.accepted} masks from {self.tasks} "
+                f"{'reviewed tasks' if self.format == 'label-studio' else 'image folders'} to {self.out}: "
+                f"{self.changed} changed by a person (mal_reviewed: true), {self.accepted} accepted as they were; ")
+        if self.format == "label-studio":
+            left = (f"left out: {self.not_submitted} tasks nobody submitted, {self.deleted} regions deleted, "
+                    f"{self.drawn} regions drawn from scratch (no box)")
+        else:
+            left = f"left out: {self.not_submitted} images without a mask folder, {self.deleted} mask files deleted"
+        return head + left + f"  (next: mal train --masks {self.out} ...)"
 
 
-def import_masks(pred, tasks_file, out, format: str = "label-studio") -> ImportResult:
-    """Read ``tasks_file`` (a Label Studio JSON export) against ``pred``, the labeled COCO file that
-    ``mal export`` turned into its tasks, and write the reviewed masks to ``out`` (COCO, RLE)."""
+def import_masks(pred, source, out, format: str = "label-studio") -> ImportResult:
+    """Read the reviewed masks in ``source`` against ``pred``, the labeled COCO file that ``mal export``
+    wrote them from, and write them to ``out`` (COCO, RLE, original annotation ids). ``format``:
+    "label-studio" (``source``: the project's JSON export) or "png" (``source``: the ``png/`` folder of
+    ``mal export --format png``, its ``masks/<image stem>/<annotation id>.png`` edited in any paint tool)."""
     if format not in IMPORT_FORMATS:
         raise ExportError(f"import format must be one of {', '.join(IMPORT_FORMATS)}, not {format!r}")
-    coco, pred_name, per_image = read_labeled(pred, stems=False)
+    coco, pred_name, per_image = read_labeled(pred, stems=format == "png")
+    res, anns = ImportResult(Path(out), format=format), []
+    reader = _label_studio_masks if format == "label-studio" else _png_masks
+    for a, rle, mask in reader(per_image, source, pred_name, res):
+        changed = not np.array_equal(mask, mask_utils.decode(rle).astype(bool))
+        res.changed += changed
+        res.accepted += not changed
+        anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+                     "area": int(mask.sum()), "iscrowd": 0, "segmentation": encode_rle(mask),
+                     "mal_reviewed": bool(changed)})
+    if not anns:
+        raise ExportError(f"{source}: no reviewed mask of {pred_name} to import "
+                          f"({res.not_submitted} {'tasks nobody submitted' if format == 'label-studio' else 'images without masks'}); "
+                          "nothing written")
+    used = {a["image_id"] for a in anns}
+    write_json_atomic({"images": [img for img in coco["images"] if img["id"] in used],
+                       "annotations": anns, "categories": coco.get("categories") or []}, out)
+    return res
+
+
+def _label_studio_masks(per_image, tasks_file, pred_name: str, res: ImportResult):
+    """(annotation, its labeled RLE, reviewed HxW bool mask) of every mal region in the last submitted
+    annotation of each task; every task checked before anything is yielded to be written."""
     images = {img["id"]: (img, anns) for img, anns in per_image}
     tasks, name = _read_tasks(tasks_file)
-    res, anns, seen = ImportResult(Path(out)), [], {}
+    seen = {}
     for i, task in enumerate(tasks):
         tid = task.get("id", f"#{i}") if isinstance(task, dict) else f"#{i}"
         where = f"{name}: task {tid}"
@@ -88,21 +123,45 @@ def import_masks(pred, tasks_file, out, format: str = "label-studio") -> ImportR
                 raise ExportError(f"{rwhere} appears twice")
             done.add(key)
             a, rle = boxes[key]
-            mask = _region_mask(region, img, rwhere)
-            changed = not np.array_equal(mask, mask_utils.decode(rle).astype(bool))
-            res.changed += changed
-            res.accepted += not changed
-            anns.append({"id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-                         "area": int(mask.sum()), "iscrowd": 0, "segmentation": encode_rle(mask),
-                         "mal_reviewed": bool(changed)})
+            yield a, rle, _region_mask(region, img, rwhere)
         res.deleted += sum(1 for k, (_, rle) in boxes.items() if k not in done and mask_utils.area(rle) > 0)
-    if not anns:
-        raise ExportError(f"{name}: no submitted mask of {pred_name} to import "
-                          f"({res.not_submitted} tasks nobody submitted); nothing written")
-    used = {a["image_id"] for a in anns}
-    write_json_atomic({"images": [img for img in coco["images"] if img["id"] in used],
-                       "annotations": anns, "categories": coco.get("categories") or []}, out)
-    return res
+
+
+def _png_masks(per_image, folder, pred_name: str, res: ImportResult):
+    """(annotation, its labeled RLE, HxW bool mask) of every ``masks/<image stem>/<annotation id>.png``
+    (any nonzero pixel is the object; grey, RGB or RGBA as paint tools save them)."""
+    folder = Path(folder)
+    # the export's folder, its png/ or png/masks/: whichever the user points at
+    root = next((d for d in (folder / "png" / "masks", folder / "masks") if d.is_dir()), folder)
+    if not root.is_dir():
+        raise ExportError(f"{folder}: no such folder (expected the png/ folder `mal export --format png` wrote, "
+                          "with masks/<image stem>/<annotation id>.png)")
+    by_stem = {Path(img["file_name"]).stem: (img, pairs) for img, pairs in per_image}
+    found = []
+    for d in sorted(root.iterdir()):
+        if d.name not in by_stem:
+            raise ExportError(f"{d}: {pred_name} has no image with the file stem {d.name!r}: masks of another "
+                              "labeled file?")
+        img, pairs = by_stem[d.name]
+        boxes = {str(a["id"]): (a, rle) for a, rle in pairs}
+        for f in sorted(d.glob("*.png")):
+            if f.stem not in boxes:
+                raise ExportError(f"{f}: image {img['file_name']} of {pred_name} has no annotation {f.stem}")
+            a, rle = boxes[f.stem]
+            m = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            if m is None:
+                raise ExportError(f"{f}: not a readable image")
+            if m.ndim == 3:
+                m = m[..., 3] if m.shape[2] == 4 and m[..., :3].max() == 0 else m[..., :3].max(axis=2)
+            if m.shape != (img["height"], img["width"]):
+                raise ExportError(f"{f} is {m.shape[1]}x{m.shape[0]} px; image {img['file_name']} is "
+                                  f"{img['width']}x{img['height']}")
+            found.append((a, rle, m > 0))
+        res.tasks += 1
+        res.deleted += sum(1 for k, (_, rle) in boxes.items()
+                           if not (d / f"{k}.png").is_file() and mask_utils.area(rle) > 0)
+    res.not_submitted = len(by_stem) - res.tasks
+    yield from found  # every file checked before the first mask is written
 
 
 def _read_tasks(path) -> tuple[list, str]:
