@@ -69,8 +69,11 @@ def assert_same_masks(sam: Sam, model, image: np.ndarray, boxes: np.ndarray) -> 
         inside = box_mask(box, H, W) > 0
         want = (logits[0] > sam.mask_threshold) & inside
         assert want.any(), "a test box whose reference mask is empty proves little"
-        odd = mask != want
+        # A pixel whose logit lies within float rounding of the threshold (|l| < 1e-5; seen: 1.2e-7 on an
+        # AMX Xeon, where the two fp32 paths sum in another order) is a tie, not a difference.
+        odd = (mask != want) & (np.abs(logits[0] - sam.mask_threshold) >= 1e-5)
         assert not odd.any(), f"{odd.sum()} pixels differ, SAM's logits there: {logits[0][odd][:5]}"
+        assert ((mask != want) & ~odd).sum() <= 2, "more than 2 threshold ties in one mask"
         assert not mask[~inside].any()
         assert score == pytest.approx(float(np.clip(iou[0], 0, 1)), abs=1e-6)
     assert mp.fallbacks == [None] * len(boxes)
