@@ -113,8 +113,9 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
                                       seed=seed, precision=precision, num_workers=num_workers, resume=resume,
                                       progress=progress)
             run = {"seed": seed, "run": str(run_dir), "train_seconds": round(time.perf_counter() - t, 1)}
+            weights = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()  # once per run
             for protocol in protocols:
-                key = _eval_key(run_dir, gt, eval_ids, protocol, bootstrap)
+                key = _eval_key(weights, gt, eval_ids, protocol, bootstrap)
                 r = _cached_eval(run_dir, protocol, key) if resume else None
                 if r is None:
                     r = evaluate_segmenter(run_dir, images, gt, image_ids=eval_ids, protocol=protocol,
@@ -140,11 +141,10 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
     return report
 
 
-def _eval_key(run_dir: Path, gt, eval_ids: set[int], protocol: str, bootstrap: int) -> dict:
-    """What an evaluation depends on: the trained weights (their bytes: a resumed run that had finished
-    saves the same weights again), the ground truth file, the held-out ids, the protocol and the
-    resamples. A resumed job reuses a saved evaluation only if all match."""
-    weights = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()
+def _eval_key(weights: str, gt, eval_ids: set[int], protocol: str, bootstrap: int) -> dict:
+    """What an evaluation depends on: the trained weights (``weights``: the sha256 of their bytes, since
+    a resumed run that had finished saves the same weights again), the ground truth file, the held-out
+    ids, the protocol and the resamples. A resumed job reuses a saved evaluation only if all match."""
     ids = hashlib.sha256(",".join(map(str, sorted(eval_ids))).encode()).hexdigest()
     return {"weights": weights, "gt": str(gt), "eval_ids": ids,
             "protocol": protocol, "bootstrap": bootstrap}
