@@ -113,9 +113,9 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
                                       seed=seed, precision=precision, num_workers=num_workers, resume=resume,
                                       progress=progress)
             run = {"seed": seed, "run": str(run_dir), "train_seconds": round(time.perf_counter() - t, 1)}
-            weights = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()  # once per run
+            digest = hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()  # once per run
             for protocol in protocols:
-                key = _eval_key(weights, gt, eval_ids, protocol, bootstrap)
+                key = _eval_key(digest, gt, eval_ids, protocol, bootstrap)
                 r = _cached_eval(run_dir, protocol, key) if resume else None
                 if r is None:
                     r = evaluate_segmenter(run_dir, images, gt, image_ids=eval_ids, protocol=protocol,
