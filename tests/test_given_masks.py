@@ -103,6 +103,23 @@ def test_given_masks_share_the_loss_windows_geometry(data, monkeypatch):
         assert it["has_mask"].all() and all(_iou(g, b) > 0.85 for g, b in zip(it["given_mask"], it["box_mask"]))
 
 
+def test_view_image_draws_the_boxes_with_a_mask_first(data):
+    """A frame's boxes with a human mask are in every draw of it; the rest fill up at random."""
+    boxes, gt = data
+    per_image = {}
+    for r in boxes.records:
+        per_image.setdefault(r.image_id, []).append(r.ann_id)
+    ids = {v[-1] for v in per_image.values() if len(v) > 1}  # one masked box in each image with several
+    assert ids
+    given = load_given_masks(_masks_file(gt, ids=ids), boxes)
+    ds = TrainImages(boxes, 128, min_area=10, masks=given, boxes_per_image=1, loss_size=32)
+    torch.manual_seed(0)
+    for _ in range(3):
+        for i, group in enumerate(ds.groups):
+            if any(r.ann_id in ids for r in group):
+                assert ds[i]["has_mask"].tolist() == [True]
+
+
 @pytest.mark.parametrize("config", [TINY_KV, TINY_SAM_IMAGE], ids=["kv_crop", "sam_image"])
 def test_training_step_trains_masked_boxes_on_their_mask(data, config):
     """Boxes with a mask get BCE + Dice only; with every box masked, MIL and CRF are 0 and the loss is

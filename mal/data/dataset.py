@@ -161,7 +161,7 @@ class TrainImages(Dataset):
     """One item per frame with training boxes (view "image"): the whole image in its square frame, or
     with ``box_frame`` > 0 each zoomed tile that holds boxes (the frames ``mal label`` uses, planned over
     all of the image's boxes: :mod:`mal.data.tiles`), resized to S, and up to ``boxes_per_image`` of its
-    boxes drawn at random, each with a randomly expanded window (the same geometry as
+    boxes drawn at random (those with a given mask first), each with a randomly expanded window (the same geometry as
     :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
     a small box that the zoom enlarges is trained on.
 
@@ -206,7 +206,10 @@ class TrainImages(Dataset):
         records, image, i = read_first_readable(self.data, self.groups, i, self.bad_files)
         frame = self.frames[i]
         crop = crop_and_resize(image, frame, self.size)
-        pick = rng.permutation(len(records))[:self.boxes_per_image]
+        pick = rng.permutation(len(records))
+        if self.masks is not None:  # boxes with a human mask first: the few there are are seen every visit
+            pick = sorted(pick, key=lambda k: records[k].ann_id not in self.masks.rles)
+        pick = pick[:self.boxes_per_image]
         boxes, windows, masks, given = [], [], [], []
         m = self.loss_size
         for k in pick:
