@@ -6,6 +6,7 @@ GPU: torch's peak allocation).
 
     python bench/sam_checkpoints.py sam_vit_b_01ec64.pth mobile_sam.pt --out bench/results/sam_checkpoints
     python bench/sam_checkpoints.py --random vit_b --limit-images 3 --train-steps 2   # speed only
+    python bench/sam_checkpoints.py --random vit_h --limit-images 8 --zero-shot-only  # labeling memory
 
 Each command runs in its own process. ``--random vit_b`` (or vit_l, vit_h) first writes a randomly
 initialised Meta-format checkpoint: its masks are meaningless, its times and memory are not.
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=SHARED / "datasets/coco2017_mini")
     p.add_argument("--limit-images", type=int, help="only the first N images")
     p.add_argument("--train-steps", type=int, default=-1, help="mal train --max-steps (default: the recipe's epochs)")
+    p.add_argument("--zero-shot-only", action="store_true", help="no mal train (zero-shot labeling only)")
     p.add_argument("--device", default="auto", help="mal label --device")
     p.add_argument("--out", type=Path, default=Path("bench/results/sam_checkpoints"))
     a = p.parse_args(argv)
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
                      "boxes_per_s": n_boxes / run["seconds"], "train_s": None, "rss_mb": run["rss_mb"],
                      "gpu_mb": run["gpu_mb"]})
         print(json.dumps(rows[-1]), flush=True)
-        if kind == "sam2":
+        if kind == "sam2" or a.zero_shot_only:
             continue
         run_dir = a.out / f"{ckpt.stem}_run"
         tr = run_mal(["train", "--sam-checkpoint", ckpt, *io, "--out", run_dir, "--max-steps", a.train_steps])
