@@ -1,8 +1,8 @@
 """The value of a few human masks (``mal train --masks``): boxes only vs 1%, 5%, 20% of the boxes given
-their human mask (drawn at random with a seed), and the least-sure 5% (the lowest ``score`` of the
-boxes-only run's labels) against a random 5%. Scored by instance mIoU on the boxes whose masks were NOT
-given, beside the zero-shot SAM engine on the same boxes: each row on its own unseen boxes ("own") and
-all rows on the boxes no row was given ("common").
+their human mask (drawn at random with a seed, the smaller subsets inside the larger), and the least-sure
+5% (the lowest ``score`` of the boxes-only run's labels) against a random 5%. Scored by instance mIoU on
+the boxes whose masks were NOT given, beside the zero-shot SAM engine on the same boxes: each row on its
+own unseen boxes ("own") and all rows on the boxes no row was given ("common").
 
     python bench/few_masks.py --out bench/results/few_masks [--data ../shared/datasets/coco2017_mini]
         [--images 40] [--max-steps 60] [--fractions 0.01 0.05 0.2] [--least-sure 0.05] [--train-flag=--lr=1e-4]
@@ -92,7 +92,7 @@ def main() -> None:
             extra = ["--masks", str(masks)]
         t = mal("train", *train, "--out", str(a.out / name), *extra)
         mal("label", *common, "--model", str(a.out / name), "--out", str(a.out / f"{name}.labels.json"),
-            "--num-workers", "2")
+            "--num-workers", "2", "--overwrite")  # an unfinished or differently drawn row is redone
         row = {"row": name, "given": sorted(given), "train_s": round(t, 1)}
         done.write_text(json.dumps(row))
         return {**row, "iou": ious(gt, a.out / f"{name}.labels.json")}
@@ -106,7 +106,8 @@ def main() -> None:
             run("boxes_only", set())]
     scores = {x["id"]: x["score"] for x in json.loads((a.out / "boxes_only.labels.json").read_text())["annotations"]}
     k = max(1, round(a.least_sure * len(ids)))
-    plans = [(f"random_{f:g}", set(rng.sample(ids, max(1, round(f * len(ids)))))) for f in a.fractions]
+    order = rng.sample(ids, len(ids))  # one seeded order: each fraction is its first boxes, the smaller
+    plans = [(f"random_{f:g}", set(order[:max(1, round(f * len(ids)))])) for f in a.fractions]  # nested
     plans.append((f"least_sure_{a.least_sure:g}", set(sorted(ids, key=lambda i: (scores[i], i))[:k])))
     for name, given in plans:
         rows.append(run(name, given))
