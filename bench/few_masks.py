@@ -106,8 +106,8 @@ def main() -> None:
             run("boxes_only", set())]
     scores = {x["id"]: x["score"] for x in json.loads((a.out / "boxes_only.labels.json").read_text())["annotations"]}
     k = max(1, round(a.least_sure * len(ids)))
-    order = rng.sample(ids, len(ids))  # one seeded order: each fraction is its first boxes, the smaller
-    plans = [(f"random_{f:g}", set(order[:max(1, round(f * len(ids)))])) for f in a.fractions]  # nested
+    order = rng.sample(ids, len(ids))  # one seeded order; each fraction takes its first boxes (nested subsets)
+    plans = [(f"random_{f:g}", set(order[:max(1, round(f * len(ids)))])) for f in a.fractions]
     plans.append((f"least_sure_{a.least_sure:g}", set(sorted(ids, key=lambda i: (scores[i], i))[:k])))
     for name, given in plans:
         rows.append(run(name, given))

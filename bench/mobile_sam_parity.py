@@ -94,8 +94,8 @@ def main(argv=None) -> int:
             row["box_px"] += int(inside.sum())
             row["differing_px"] += int(differ.sum())
             row["ties"] += int((differ & (np.abs(logits) < 1e-5)).sum())
-            if differ.any():
-                row["max_abs_logit_differing"] = max(row["max_abs_logit_differing"], float(np.abs(logits[differ]).max()))
+            worst = float(np.abs(logits[differ]).max()) if differ.any() else 0.0
+            row["max_abs_logit_differing"] = max(row["max_abs_logit_differing"], worst)
             row["max_score_diff"] = max(row["max_score_diff"], abs(score - float(np.clip(ref[f"iou{i}_{j}"], 0, 1))))
         rows.append(row)
         print(json.dumps(row), flush=True)
