@@ -21,8 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
+
+from mal.testing import mask_differences, smooth_image
 
 SIZES = [(1024, 1024), (768, 1024), (900, 600)]  # (height, width)
 BOXES = np.array([[100, 200, 600, 700], [500, 40, 1000, 300], [30, 30, 90, 110], [0, 0, 2000, 2000]], float)
@@ -52,11 +53,6 @@ np.savez(out + "/reference.npz", **res)
 """
 
 
-def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
-    img = np.random.default_rng(seed).uniform(0, 255, (h, w, 3)).astype(np.uint8)
-    return cv2.GaussianBlur(img, (15, 15), 5)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mobile-sam", type=Path, required=True, help="a MobileSAM checkout (holds mobile_sam/)")
@@ -74,7 +70,6 @@ def main(argv=None) -> int:
                    check=True)
     ref = np.load(a.out / "reference.npz")
 
-    from mal.data.crops import box_mask
     from mal.modeling.load import build_sam_labeler
     from mal.modeling.sam_checkpoint import inspect_sam_checkpoint
     from mal.predictor import MaskPredictor
@@ -89,11 +84,11 @@ def main(argv=None) -> int:
         row = {"image": f"{h}x{w}", "boxes": len(boxes), "box_px": 0, "differing_px": 0, "ties": 0,
                "max_abs_logit_differing": 0.0, "max_score_diff": 0.0}
         for j, (box, mask, score) in enumerate(zip(boxes, masks, scores)):
-            logits, inside = ref[f"logits{i}_{j}"], box_mask(box, h, w) > 0
-            differ = (mask != ((logits > 0) & inside)) & inside
+            logits = ref[f"logits{i}_{j}"]
+            inside, differ, ties = mask_differences(mask, box, logits)
             row["box_px"] += int(inside.sum())
             row["differing_px"] += int(differ.sum())
-            row["ties"] += int((differ & (np.abs(logits) < 1e-5)).sum())
+            row["ties"] += int(ties.sum())
             worst = float(np.abs(logits[differ]).max()) if differ.any() else 0.0
             row["max_abs_logit_differing"] = max(row["max_abs_logit_differing"], worst)
             row["max_score_diff"] = max(row["max_score_diff"], abs(score - float(np.clip(ref[f"iou{i}_{j}"], 0, 1))))

@@ -4,19 +4,18 @@ import json
 import re
 from functools import partial
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from mal.data.crops import box_mask
 from mal.errors import MalError
 from mal.modeling.weights import WeightsError
 from mal.modeling.load import build_sam_labeler
 from mal.modeling.sam_checkpoint import inspect_sam_checkpoint, tinyvit_to_timm
 from mal.predictor import MaskPredictor
+from mal.testing import mask_differences, smooth_image
 
 SIZE = 256  # the tiny ViT's frame (Meta's: 1024)
 
@@ -50,11 +49,6 @@ def tiny_checkpoint(tmp_path_factory):
     return sam, path
 
 
-def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    img = np.random.default_rng(seed).uniform(0, 255, (h, w, 3)).astype(np.uint8)
-    return cv2.GaussianBlur(img, (15, 15), 5)
-
-
 def assert_same_masks(sam: Sam, model, image: np.ndarray, boxes: np.ndarray) -> None:
     """mal's masks = SamPredictor.predict(box=...)'s single mask, every pixel of each box (mal's masks
     never leave their box: outside it they are empty by design); scores = SAM's IoU prediction."""
@@ -63,17 +57,13 @@ def assert_same_masks(sam: Sam, model, image: np.ndarray, boxes: np.ndarray) -> 
     mp = MaskPredictor(model, device="cpu", precision="32")
     mp.set_image(image)
     masks, scores = mp.predict(boxes)
-    H, W = image.shape[:2]
     for box, mask, score in zip(boxes, masks, scores):
         logits, iou, _ = ref.predict(box=box, multimask_output=False, return_logits=True)
-        inside = box_mask(box, H, W) > 0
-        want = (logits[0] > sam.mask_threshold) & inside
-        assert want.any(), "a test box whose reference mask is empty proves little"
-        # A pixel whose logit lies within float rounding of the threshold (|l| < 1e-5; seen: 1.2e-7 on an
-        # AMX Xeon, where the two fp32 paths sum in another order) is a tie, not a difference.
-        odd = (mask != want) & (np.abs(logits[0] - sam.mask_threshold) >= 1e-5)
+        inside, differing, ties = mask_differences(mask, box, logits[0], sam.mask_threshold)
+        assert ((logits[0] > sam.mask_threshold) & inside).any(), "a box whose reference mask is empty proves little"
+        odd = differing & ~ties
         assert not odd.any(), f"{odd.sum()} pixels differ, SAM's logits there: {logits[0][odd][:5]}"
-        assert ((mask != want) & ~odd).sum() <= 2, "more than 2 threshold ties in one mask"
+        assert ties.sum() <= 2, "more than 2 threshold ties in one mask"
         assert not mask[~inside].any()
         assert score == pytest.approx(float(np.clip(iou[0], 0, 1)), abs=1e-6)
     assert mp.fallbacks == [None] * len(boxes)
