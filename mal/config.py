@@ -129,14 +129,15 @@ RECIPES = {
     # The paper's K.V decoder learns shapes from scratch: long runs, loss ramps, boxes big enough to
     # show a shape. Its dataclass defaults are this recipe.
     "kv": Recipe(),
-    # SAM's decoder only adapts: no ramps, the image side stays SAM's (student, teacher and anchor share
-    # one embedding per view; tuning it, freeze_encoder < 1, is not measured yet), a gentler learning
-    # rate, the anchor to the zero-shot start and the IoU head trained (its output is the score). The
-    # whole image in SAM's 1024 frame beat per-box crops zero-shot, and with view crop SAM needs 2x
-    # context. Two passes gained most of what longer runs did, also on smaller boxes (BENCHMARKS.md).
-    # Where an image's boxes are small, zoomed tiles in which the median box spans 64 frame pixels (16
-    # cells of the 256x256 mask grid): zero-shot, +0.03 mIoU on 520x696 nuclei fields; photos whose
-    # boxes are large keep the whole image. min_area counts frame pixels (what the model sees).
+    # SAM's decoder only adapts: no ramps, the image side stays SAM's (student, teacher and anchor share one
+    # embedding per view; training the neck and last stage too, freeze_encoder 0.8, gained nothing on nuclei
+    # at 3x the time per step), a gentler learning rate, the anchor to the zero-shot start and the IoU head
+    # trained (its output is the score). The whole image in SAM's 1024 frame beat per-box crops zero-shot,
+    # and with view crop SAM needs 2x context. Two passes gained most of what longer runs did, also on
+    # smaller boxes (BENCHMARKS.md). Where an image's boxes are small, zoomed tiles in which the median box
+    # spans 64 frame pixels (16 cells of the 256x256 mask grid): zero-shot, +0.03 mIoU on 520x696 nuclei
+    # fields; photos whose boxes are large keep the whole image. min_area counts frame pixels (what the
+    # model sees).
     "sam": Recipe(labeler=LabelerConfig(decoder="sam", crop_size=1024, view="image", label_expand=2.0,
                                         box_frame=64.0),
                   train=TrainConfig(lr=5e-5, warmup=0.05, mil_ramp=0.0, crf_ramp=0.0, freeze_encoder=1.0,
