@@ -131,7 +131,7 @@ RECIPES = {
     "kv": Recipe(),
     # SAM's decoder only adapts: no ramps, the image side stays SAM's (student, teacher and anchor share one
     # embedding per view; training the neck and last stage too, freeze_encoder 0.8, gained nothing on nuclei
-    # at 3x the time per step), a gentler learning rate, the anchor to the zero-shot start and the IoU head
+    # or COCO at 60 steps), a gentler learning rate, the anchor to the zero-shot start and the IoU head
     # trained (its output is the score). The whole image in SAM's 1024 frame beat per-box crops zero-shot,
     # and with view crop SAM needs 2x context. Two passes gained most of what longer runs did, also on
     # smaller boxes (BENCHMARKS.md). Where an image's boxes are small, zoomed tiles in which the median box
