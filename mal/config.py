@@ -60,6 +60,9 @@ class TrainConfig:
     crf_kernel: int = 3
     crf_clamp: tuple[float, float] = (0.1, 0.9)
     freeze_encoder: float = 0.0         # fraction of encoder parameters (input side first) kept frozen
+    # LoRA of this rank on the encoder's attention (qkv), trained at the decoder's learning rate while the
+    # rest of the encoder stays as freeze_encoder says; merged into the saved weights. 0: none.
+    lora_rank: int = 0
     anchor_weight: float = 0.0          # Dice to the frozen starting model's masks (WeSAM's anchor)
     iou_weight: float = 0.0             # MSE of the decoder's IoU head to the mask's IoU with the CRF target
     # Boxes given a human mask (mal train --masks) trade MIL + CRF (+ anchor) for BCE + Dice to that

@@ -29,6 +29,7 @@ from .data.given_masks import GivenMasks, load_given_masks
 from .losses import crf_loss, dice_loss, mask_loss, mil_loss
 from .modeling.encoder import freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
+from .modeling.lora import add_lora
 from .modeling.weights import WeightsError
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
                       tensors_sha256)
@@ -96,6 +97,9 @@ class MALModule(L.LightningModule):
         self.student: MaskLabeler = build_labeler(self.labeler_config, weights=weights, strict=strict_weights,
                                                   neck_weights=neck_weights, decoder_weights=decoder_weights)
         freeze_leading(self.student.encoder, self.cfg.freeze_encoder)
+        if self.cfg.lora_rank > 0:
+            names = add_lora(self.student.encoder, self.cfg.lora_rank)
+            log.info("LoRA rank %d on %d attention layers of the encoder", self.cfg.lora_rank, len(names))
         unused = freeze_unused(self.student)
         if unused:
             log.debug("not trained (unused by the forward pass): %s", ", ".join(unused))
@@ -242,9 +246,12 @@ class MALModule(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        # The image side (encoder, and SAM's neck) moves slower than the decoder.
-        enc = [p for n, p in self.student.named_parameters() if p.requires_grad and not n.startswith("decoder.")]
-        dec = [p for p in self.student.decoder.parameters() if p.requires_grad]
+        # The pretrained image side (encoder, and SAM's neck) moves slower than the decoder; LoRA's
+        # weights are new (B starts at zero) and learn at the decoder's rate.
+        trained = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
+        fast = lambda n: n.startswith("decoder.") or n.endswith((".lora_a", ".lora_b"))  # noqa: E731
+        enc = [p for n, p in trained if not fast(n)]
+        dec = [p for n, p in trained if fast(n)]
         groups = [{"params": dec, "lr": c.lr}]
         if enc:
             groups.append({"params": enc, "lr": c.lr * c.encoder_lr_scale})

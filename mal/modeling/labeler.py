@@ -20,6 +20,7 @@ from ..config import DECODERS, LabelerConfig  # noqa: F401  (LabelerConfig: re-e
 from ..errors import MalError
 from .decoder import MaskDecoder
 from .encoder import Encoder, build_encoder
+from .lora import merge_lora
 from .neck import SamNeck, load_neck_weights
 from .sam_decoder import SamBoxDecoder, load_sam_decoder_weights
 from .sam_files import DEFAULT_DECODER, DEFAULT_SAM_DIR
@@ -134,7 +135,8 @@ def save_labeler(model: MaskLabeler, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / MODEL_FILE) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+        # A LoRA-adapted encoder is saved merged: the labeler's plain layout (config.json rebuilds it).
+        save_file({k: v.detach().contiguous().cpu() for k, v in merge_lora(model.state_dict()).items()}, str(tmp))
     (run_dir / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2))
     return run_dir / MODEL_FILE
 
@@ -155,7 +157,8 @@ def load_trained(path: Path) -> MaskLabeler:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
         config = LabelerConfig(**ckpt["hyper_parameters"]["labeler"])
         # Label with the EMA teacher: it is the smoother, better model of the two.
-        state = {k.removeprefix("teacher."): v for k, v in ckpt["state_dict"].items() if k.startswith("teacher.")}
+        state = merge_lora({k.removeprefix("teacher."): v for k, v in ckpt["state_dict"].items()
+                            if k.startswith("teacher.")})
     else:
         raise FileNotFoundError(f"{path}: expected a `mal train` run directory or .ckpt, or a "
                                 "`mal export-onnx` directory")
