@@ -10,6 +10,7 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from mal.config import recipe
 from mal.errors import MalError
 from mal.modeling.weights import WeightsError
 from mal.modeling.load import build_sam_labeler
@@ -181,6 +182,7 @@ def test_cli_train_from_a_sam_checkpoint(tmp_path, tiny_checkpoint, scenes):
                  "--num-workers", "0", "--precision", "32"]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert (cfg["backbone"], cfg["crop_size"], cfg["box_padding"]) == ("sam_vit", SIZE, False)
+    assert cfg["box_frame"] == recipe("sam").labeler.box_frame * SIZE / 1024  # the zoom scales with the frame
     assert main(["label", "--model", str(run), "--images", str(images), "--annotations", str(boxes),
                  "--out", str(tmp_path / "trained.json"), "--num-workers", "0"]) == 0
 

@@ -80,7 +80,8 @@ class SamCheckpoint:
     img_size: int = 1024
 
     def labeler_config(self, base=None):
-        """``base`` (default: the sam recipe's labeler) with this checkpoint's trunk, in its own frame."""
+        """``base`` (default: the sam recipe's labeler) with this checkpoint's trunk, in its own frame; the
+        zoom (``box_frame``, frame pixels) scaled with the frame, so boxes fill the same share of it."""
         from ..config import recipe
         if self.sam_type == "sam2":
             raise MalError(f"{self.path}: a SAM 2 checkpoint labels zero-shot (mal label --engine sam) but cannot "
@@ -88,7 +89,8 @@ class SamCheckpoint:
                            "stride-8 features, which mal's sam labeler does not carry")
         base = base or recipe("sam").labeler
         return replace(base, decoder="sam", backbone=self.backbone, timm_kwargs=dict(self.encoder_kwargs),
-                       crop_size=self.img_size, view="image", box_padding=False)
+                       crop_size=self.img_size, view="image", box_padding=False,
+                       box_frame=base.box_frame * self.img_size / base.crop_size)
 
 
 def _prefixes(sd: dict) -> str:
