@@ -29,7 +29,7 @@ from .data.given_masks import GivenMasks, load_given_masks
 from .losses import crf_loss, dice_loss, mask_loss, mil_loss
 from .modeling.encoder import freeze_leading
 from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
-from .modeling.lora import add_lora
+from .modeling.lora import add_lora, is_adapter
 from .modeling.weights import WeightsError
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
                       tensors_sha256)
@@ -249,9 +249,8 @@ class MALModule(L.LightningModule):
         # The pretrained image side (encoder, and SAM's neck) moves slower than the decoder; LoRA's
         # weights are new (B starts at zero) and learn at the decoder's rate.
         trained = [(n, p) for n, p in self.student.named_parameters() if p.requires_grad]
-        fast = lambda n: n.startswith("decoder.") or n.endswith((".lora_a", ".lora_b"))  # noqa: E731
-        enc = [p for n, p in trained if not fast(n)]
-        dec = [p for n, p in trained if fast(n)]
+        enc = [p for n, p in trained if not (n.startswith("decoder.") or is_adapter(n))]
+        dec = [p for n, p in trained if n.startswith("decoder.") or is_adapter(n)]
         groups = [{"params": dec, "lr": c.lr}]
         if enc:
             groups.append({"params": enc, "lr": c.lr * c.encoder_lr_scale})

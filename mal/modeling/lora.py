@@ -48,12 +48,17 @@ def add_lora(module: nn.Module, rank: int, target: str = TARGET) -> list[str]:
     return names
 
 
+def is_adapter(name: str) -> bool:
+    """True for the name of a LoRA weight (A or B) in a module's parameters or state dict."""
+    return name.endswith((".lora_a", ".lora_b"))
+
+
 def merge_lora(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict with LoRA layers (``P.base.weight``, ``P.base.bias``, ``P.lora_a``, ``P.lora_b``) ->
     the same with plain layers (``P.weight = base.weight + B A``, ``P.bias``). Others pass unchanged."""
     out = {}
     for k, v in state.items():
-        if k.endswith((".lora_a", ".lora_b")):
+        if is_adapter(k):
             continue
         prefix, sep, rest = k.rpartition(".base.")
         if sep and f"{prefix}.lora_a" in state:
