@@ -50,6 +50,31 @@ def test_large_boxes_or_no_zoom_give_the_whole_image_frame():
         tile_side(boxes, 480, 640, 1024, 300)
 
 
+def test_boxes_much_smaller_than_their_neighbours_get_finer_tiles_of_their_own():
+    """A photo: a large box keeps the whole-image frame; boxes spanning at most box_frame / 2 frame pixels
+    there are planned again at their own zoom, each inside exactly one tile with context; the training
+    frames (nested=False) keep one side per image."""
+    rng = np.random.default_rng(3)
+    H, W, S, bf = 480, 640, 1024, 128
+    tiny = random_boxes(rng, 20, H, W, 8, 20)  # 8-20 px: at most 32 frame px in the whole-image frame
+    boxes = np.concatenate([[[20, 30, 600, 450]], tiny])
+    flat, flat_index = image_tiles(boxes, H, W, S, bf, nested=False)
+    assert flat.tolist() == [[0, 0, 640, 640]] and set(flat_index.tolist()) == {0}
+    windows, index = image_tiles(boxes, H, W, S, bf)
+    side = windows[:, 2] - windows[:, 0]
+    assert side[index[0]] == 640 and np.all(side[index[1:]] < 640)
+    assert np.all(windows[:, 3] - windows[:, 1] == side) and set(index.tolist()) == set(range(len(windows)))
+    long = np.maximum(tiny[:, 2] - tiny[:, 0], tiny[:, 3] - tiny[:, 1])
+    assert np.median(long) * S / side[index[1]] == pytest.approx(bf, rel=0.01)  # the small ones' own zoom
+    for b, w in zip(boxes, windows[index]):
+        t = w[2] - w[0]
+        margin = np.array([b[0] - w[0], b[1] - w[1], w[2] - b[2], w[3] - b[3]])
+        edge = np.array([b[0], b[1], W - b[2], H - b[3]])
+        assert np.all((margin >= t / 8 - 1e-6) | (margin >= edge - 1e-6)), (b, w)
+    crops = labeling_crops(np.zeros((H, W, 3), np.uint8), boxes, 64, 2.0, "image", bf / 16)
+    assert len(crops["crops"]) == len(image_tiles(boxes, H, W, 64, bf / 16)[0]) > 1
+
+
 def test_small_boxes_are_zoomed_to_about_box_frame_pixels():
     rng = np.random.default_rng(0)
     boxes = random_boxes(rng, 200, 1000, 1000, 18, 22)  # nuclei of ~20 px in a 1000-px field
@@ -95,7 +120,7 @@ def test_training_frames_are_the_labeling_tiles_and_min_area_counts_frame_pixels
     for records, frame in zip(ds.groups, ds.frames):
         every = [r for r in data.records if r.image_id == records[0].image_id]
         b = np.stack([xywh_to_xyxy(r.bbox) for r in every])
-        windows, index = image_tiles(b, every[0].height, every[0].width, S, bf)
+        windows, index = image_tiles(b, every[0].height, every[0].width, S, bf, nested=False)
         k = [i for i, w in enumerate(windows) if np.array_equal(w, frame)]
         assert len(k) == 1 and {r.ann["id"] for r, i in zip(every, index) if i == k[0]} == {r.ann["id"] for r in records}
     # min_area in frame pixels: the whole-image frame of a 160 x 200 scene enlarges boxes by 128 / 200

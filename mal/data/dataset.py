@@ -159,8 +159,8 @@ def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand:
 
 class TrainImages(Dataset):
     """One item per frame with training boxes (view "image"): the whole image in its square frame, or
-    with ``box_frame`` > 0 each zoomed tile that holds boxes (the frames ``mal label`` uses, planned over
-    all of the image's boxes: :mod:`mal.data.tiles`), resized to S, and up to ``boxes_per_image`` of its
+    with ``box_frame`` > 0 each zoomed tile that holds boxes (:mod:`mal.data.tiles`, one side per image:
+    ``mal label`` adds finer tiles for boxes much smaller than the rest), resized to S, and up to ``boxes_per_image`` of its
     boxes drawn at random (those with a given mask first), each with a randomly expanded window (the same geometry as
     :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
     a small box that the zoom enlarges is trained on.
@@ -182,7 +182,8 @@ class TrainImages(Dataset):
         self.groups, self.frames = [], []  # records of each frame, and the frame (image pixels)
         for records in per_image.values():
             boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-            windows, index = image_tiles(boxes, records[0].height, records[0].width, size, box_frame)
+            windows, index = image_tiles(boxes, records[0].height, records[0].width, size, box_frame,
+                                         nested=False)
             for k, w in enumerate(windows):
                 scale = size / float(w[2] - w[0])
                 keep = [r for r, i in zip(records, index) if i == k and trained_on(r, min_area, masks, scale)]
