@@ -257,8 +257,9 @@ def add_train_parser(subparsers) -> None:
                    help="labeling crop = this x the box per axis (default: the decoder's), saved with the model")
     t.add_argument("--box-frame", type=float,
                    help="view image: where an image's boxes are small, label and train on zoomed tiles of it so "
-                        "that its median box spans about this many pixels of the frame; 0 = always the whole "
-                        "image (default: the decoder's: kv 0, sam 64), saved with the model")
+                        "that its median box spans about this many pixels of the frame (labeling also gives boxes "
+                        "much smaller than the rest finer tiles of their own); 0 = always the whole image "
+                        "(default: the decoder's: kv 0, sam 128), saved with the model")
     t.add_argument("--decoder-dim", type=int, help="K.V decoder width (default: 128)")
     _add_recipe_flags(t)
     t.add_argument("--epochs", type=int, help="passes over the training boxes (view crop) or images, up to 8 "
