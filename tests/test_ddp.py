@@ -1,5 +1,6 @@
 """Distributed training: 2 CPU processes (gloo) via `mal train --devices 2` and via torchrun stay in
-sync, only rank 0 writes the model, and --resume continues from the last checkpoint."""
+sync, only rank 0 writes the model, --resume continues from the last checkpoint, and human masks
+(--masks) train the same way."""
 from __future__ import annotations
 
 import os
@@ -54,8 +55,13 @@ def _digests(out: str) -> dict[int, tuple[str, int, str]]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    images, _, boxes = make_scenes(tmp_path_factory.mktemp("ddp"), num_images=4, size=(64, 80))
+def scenes(tmp_path_factory):
+    return make_scenes(tmp_path_factory.mktemp("ddp"), num_images=4, size=(64, 80))
+
+
+@pytest.fixture(scope="module")
+def data(scenes):
+    images, _, boxes = scenes
     return ["--images", str(images), "--annotations", str(boxes)]
 
 
@@ -108,6 +114,18 @@ def test_torchrun_launch_trains_the_same_job(first_run, data, tmp_path):
     # Same seed, same shards, same steps: bit-identical to the Lightning-launched run.
     assert d[0] == _digests(out)[0]
     assert (tmp_path / "run/model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_given_masks_train_in_sync(first_run, data, scenes, tmp_path):
+    _, out = first_run
+    out_m = _run([sys.executable], [*data, "--masks", str(scenes[1]), "--out", str(tmp_path / "run"),
+                                    "--devices", "2", "--max-steps", "3"])
+    d = _digests(out_m)
+    assert sorted(d) == [0, 1] and d[0] == d[1]
+    assert "replicas in sync: all 2 processes" in out_m
+    # The masks changed the loss: same seed and steps, other weights than the boxes-only run.
+    assert d[0][2] == _digests(out)[0][2] and d[0][0] != _digests(out)[0][0]
 
 
 def _fake_trainer(rank: int) -> SimpleNamespace:
