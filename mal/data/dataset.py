@@ -160,9 +160,9 @@ def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand:
 class TrainImages(Dataset):
     """One item per frame with training boxes (view "image"): the whole image in its square frame, or
     with ``box_frame`` > 0 each zoomed tile that holds boxes (:mod:`mal.data.tiles`, one side per image:
-    ``mal label`` adds finer tiles for boxes much smaller than the rest), resized to S, and up to ``boxes_per_image`` of its
-    boxes drawn at random (those with a given mask first), each with a randomly expanded window (the same geometry as
-    :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
+    ``mal label`` adds finer tiles for boxes much smaller than the rest), resized to S, and up to
+    ``boxes_per_image`` of its boxes drawn at random (those with a given mask first), each with a randomly
+    expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
     a small box that the zoom enlarges is trained on.
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
