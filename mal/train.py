@@ -415,6 +415,10 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     unit = "images" if labeler.view == "image" else "crops"
     log.info("training on %d of %d boxes (area >= %g px), %d steps of %d x %d %s", n_boxes,
              len(data.records), min_area, steps, world, loader.batch_size, unit)
+    if isinstance(ds, TrainImages) and labeler.box_frame > 0:
+        zoomed, whole = ds.zoomed_images()
+        log.info("%d frames: %d of %d images cut into zoomed tiles (their boxes are small: --box-frame %g), "
+                 "the others whole", len(ds.frames), zoomed, zoomed + whole, labeler.box_frame)
     log.info("images are decoded as training reaches them: an unreadable one is %s then",
              "an error" if strict else "skipped and reported")
     if given is not None:

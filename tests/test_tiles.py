@@ -1,4 +1,6 @@
 """Zoomed tiles for the whole-image view: geometry, fallback to the whole image, and paste-back."""
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,27 @@ def test_training_frames_are_the_labeling_tiles_and_min_area_counts_frame_pixels
     assert whole.num_boxes == expect < len(data.records)
     item = ds[0]
     assert item["image"].shape == (3, S, S) and len(item["boxes"]) == min(8, len(ds.groups[0]))
+
+
+def test_training_frames_count_the_images_cut_into_tiles(tmp_path):
+    """What `mal train` logs: a 512-px field of 10-px objects is cut into tiles, a 64-px image of one
+    40-px object is seen whole."""
+    import cv2
+
+    from mal.data.coco import load_boxes
+    from mal.data.dataset import TrainImages
+    for name, side in (("field.png", 512), ("photo.png", 64)):
+        cv2.imwrite(str(tmp_path / name), np.zeros((side, side, 3), np.uint8))
+    xy = np.random.default_rng(0).uniform(20, 480, size=(20, 2))
+    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": [*map(float, p), 10.0, 10.0], "area": 100.0,
+             "iscrowd": 0} for k, p in enumerate(xy)]
+    anns.append({"id": 99, "image_id": 2, "category_id": 1, "bbox": [10.0, 10.0, 40.0, 40.0], "area": 1600.0,
+                 "iscrowd": 0})
+    coco = {"images": [{"id": 1, "file_name": "field.png", "height": 512, "width": 512},
+                       {"id": 2, "file_name": "photo.png", "height": 64, "width": 64}],
+            "annotations": anns, "categories": [{"id": 1, "name": "object"}]}
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    data = load_boxes(tmp_path / "boxes.json", tmp_path, skip_crowd=True)
+    ds = TrainImages(data, 128, min_area=0, box_frame=16)
+    assert len(ds.frames) > 2 and ds.zoomed_images() == (1, 1)
+    assert TrainImages(data, 128, min_area=0, box_frame=0).zoomed_images() == (0, 2)

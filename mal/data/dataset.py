@@ -202,6 +202,15 @@ class TrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.groups)
 
+    def zoomed_images(self) -> tuple[int, int]:
+        """(images cut into zoomed tiles, images seen whole), among the images with training boxes."""
+        images: dict[int, bool] = {}
+        for records, w in zip(self.groups, self.frames):
+            r = records[0]
+            images[r.image_id] = images.get(r.image_id, False) or w[2] - w[0] < max(r.height, r.width)
+        zoomed = sum(images.values())
+        return zoomed, len(images) - zoomed
+
     def __getitem__(self, i: int) -> dict:
         rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
         records, image, i = read_first_readable(self.data, self.groups, i, self.bad_files)
