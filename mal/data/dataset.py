@@ -162,8 +162,8 @@ class TrainImages(Dataset):
     with ``box_frame`` > 0 each zoomed tile that holds boxes (:mod:`mal.data.tiles`, one side per image:
     ``mal label`` adds finer tiles for boxes much smaller than the rest), resized to S, and up to
     ``boxes_per_image`` of its boxes drawn at random (those with a given mask first), each with a randomly
-    expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed. ``min_area`` is counted in frame pixels, so
-    a small box that the zoom enlarges is trained on.
+    expanded window (the same geometry as :class:`TrainCrops`) in which the losses are computed.
+    ``min_area`` is counted in frame pixels, so a small box that the zoom enlarges is trained on.
 
     Item: ``image`` / ``image_aug`` (3, S, S) uint8, ``boxes`` (K, 4) and ``windows`` (K, 4) float32
     in frame pixels, ``box_mask`` (K, m, m) the box inside its window at the loss resolution m; with

@@ -31,6 +31,11 @@ import numpy as np
 from ..errors import MalError
 
 
+def long_sides(boxes: np.ndarray) -> np.ndarray:
+    """The longer side of each box (N, 4) x0,y0,x1,y1: what the zoom is measured on."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 def tile_side(boxes_xyxy: np.ndarray, height: int, width: int, frame: int, box_frame: float) -> int:
     """The tile side T (image pixels) for an image's boxes (N, 4) x0,y0,x1,y1; ``box_frame`` <= 0: no zoom."""
     side = max(height, width)
@@ -40,7 +45,7 @@ def tile_side(boxes_xyxy: np.ndarray, height: int, width: int, frame: int, box_f
     if box_frame > frame / 4:
         raise MalError(f"box_frame {box_frame:g} is more than a quarter of the {frame}-px frame: a box spans at "
                        "most a quarter of its tile (its context fills the rest)")
-    long = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    long = long_sides(boxes)
     t = max(float(np.median(long)) * frame / box_frame, 4.0 * float(long.max()))
     return int(min(side, max(1, np.ceil(t))))
 
@@ -78,8 +83,7 @@ def image_tiles(boxes_xyxy: np.ndarray, height: int, width: int, frame: int, box
     that would span at most ``box_frame / 2`` frame pixels there (recursively)."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
     t = tile_side(boxes, height, width, frame, box_frame)
-    long = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    small = long * frame / t <= box_frame / 2 if nested and box_frame > 0 else np.zeros(len(boxes), bool)
+    small = (long_sides(boxes) * frame / t <= box_frame / 2) & (nested and box_frame > 0)
     if not small.any() or small.all():
         return plan_tiles(boxes, height, width, t)
     rest, fine = np.flatnonzero(~small), np.flatnonzero(small)
