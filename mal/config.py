@@ -35,6 +35,11 @@ class LabelerConfig:
     # sam only: a box prompt is its two corners plus a padding point (SamOnnxModel, the ONNX engine), or
     # the corners alone (False: segment-anything's SamPredictor, set for a --sam-checkpoint labeler).
     box_padding: bool = True
+    # sam only: the score is the mean of this decoder's IoU head and that of the decoder it was trained
+    # from, kept frozen beside it (``MaskLabeler.reference_decoder``, on the same embedding). The two heads
+    # err on different masks; their mean ranks masks better on both development sets (BENCHMARKS.md,
+    # Confidence). ``mal train`` sets it on the labeler it saves when TrainConfig.reference_score is on.
+    reference_score: bool = False
 
 
 @dataclass
@@ -68,6 +73,8 @@ class TrainConfig:
     # Boxes given a human mask (mal train --masks) trade MIL + CRF (+ anchor) for BCE + Dice to that
     # mask, at this weight: the MIL weight, so that such a box counts about as much as any other.
     mask_weight: float = 4.0
+    # sam only: save the starting decoder beside the trained one for the score (LabelerConfig.reference_score).
+    reference_score: bool = False
     total_steps: int = 1000             # set by api.train from epochs x batches
     # Frozen image side, view image: each image's embedding computed once and reused in later epochs
     # (mal.embedding_cache), up to this many GiB in host memory, then this many on disk (RUN/embeddings);
@@ -141,11 +148,12 @@ RECIPES = {
     # spans 128 frame pixels (32 cells of the 256x256 mask grid): zero-shot, whole image -> 64 -> 128 gave
     # 0.821 -> 0.851 -> 0.855 mIoU on 520x696+ nuclei fields; trained, 128 beat 64 on nuclei and COCO; photos
     # whose boxes are large keep the whole image. min_area counts frame pixels (what the model sees). LoRA
-    # on the encoder (lora_rank) ranked masks better but is opt-in: 1.3-1.5x the training time.
+    # on the encoder (lora_rank) ranked masks better but is opt-in: 1.3-1.5x the training time. The score
+    # averages the trained IoU head with the zero-shot decoder's (reference_score): each alone ranks worse.
     "sam": Recipe(labeler=LabelerConfig(decoder="sam", crop_size=1024, view="image", label_expand=2.0,
                                         box_frame=128.0),
                   train=TrainConfig(lr=5e-5, warmup=0.05, mil_ramp=0.0, crf_ramp=0.0, freeze_encoder=1.0,
-                                    anchor_weight=1.0, iou_weight=1.0),
+                                    anchor_weight=1.0, iou_weight=1.0, reference_score=True),
                   epochs=2, min_area=1024.0, max_steps=400),
 }
 

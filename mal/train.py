@@ -28,7 +28,7 @@ from .data.dataset import TrainCrops, TrainImages, collate_images
 from .data.given_masks import GivenMasks, load_given_masks
 from .losses import crf_loss, dice_loss, mask_loss, mil_loss
 from .modeling.encoder import freeze_leading
-from .modeling.labeler import MaskLabeler, build_labeler, sam_weight_files, save_labeler
+from .modeling.labeler import MaskLabeler, build_labeler, keep_reference, sam_weight_files, save_labeler
 from .modeling.lora import add_lora, is_adapter
 from .modeling.weights import WeightsError
 from .runtime import (build_trainer, fit_resumable, launcher_world, quiet_lightning, resolve_precision,
@@ -113,6 +113,11 @@ class MALModule(L.LightningModule):
         # towards the filled box, which satisfies the MIL loss). Not saved when unused.
         self.anchor = (copy.deepcopy(self.student, self._shared_image_side()).requires_grad_(False)
                        if self.cfg.anchor_weight > 0 else None)
+        # The starting decoder again, for the saved labeler's score (TrainConfig.reference_score): the
+        # anchor's when there is one, else a frozen copy (in the checkpoint, so --resume keeps it).
+        self.start_decoder = (copy.deepcopy(self.student.decoder).requires_grad_(False)
+                              if self.cfg.reference_score and self.anchor is None
+                              and self.labeler_config.decoder == "sam" else None)
         self.embed_cache = None  # set up by on_fit_start when TrainConfig.embed_cache_gb asks for one
 
     def _shared_image_side(self) -> dict:
@@ -438,7 +443,11 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     t0 = time.perf_counter()
     fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:
-        save_labeler(module.teacher, out)
+        labeler = module.teacher
+        if cfg.reference_score and labeler.config.decoder == "sam":
+            start = module.anchor.decoder if module.anchor is not None else module.start_decoder
+            labeler = keep_reference(labeler, start)
+        save_labeler(labeler, out)
         secs = time.perf_counter() - t0
         done = trainer.global_step - sync.start_step
         log.info("trained %d steps (to step %d) in %.0f s (%.2f %s/s); labeler saved to %s", done,

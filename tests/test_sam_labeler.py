@@ -138,3 +138,49 @@ def test_wrong_decoder_file_is_one_line_error(scenes, tmp_path, capsys):
                "--max-steps", "1", "--min-area", "100"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not_sam.pth: not a SAM prompt encoder + mask decoder" in err[0]
+
+
+def test_reference_score_is_the_mean_of_both_iou_heads_and_survives_saving(tmp_path):
+    """keep_reference: masks from the labeler's own decoder, the score the mean of its IoU head and the
+    reference decoder's; save/load keeps both decoders."""
+    from conftest import TINY_SAM_IMAGE
+    from mal.modeling.labeler import keep_reference, load_trained, save_labeler
+    torch.manual_seed(0)
+    model = build_labeler(LabelerConfig(**TINY_SAM_IMAGE)).eval()
+    other = build_labeler(LabelerConfig(**TINY_SAM_IMAGE)).eval()  # other random weights: a distinct decoder
+    crops = torch.randint(0, 255, (1, 3, 128, 128)).float()
+    boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 120.0, 50.0]])
+    with torch.no_grad():
+        feats = model.embed(crops)
+        own_logits, own_iou = model.decode(feats, boxes, 128)
+        ref_iou = other.decoder(feats, boxes, None, input_size=(128, 128))[1]
+        assert not torch.allclose(own_iou, ref_iou)
+        keep_reference(model, other.decoder)
+        save_labeler(model, tmp_path / "run")
+        loaded = load_trained(tmp_path / "run")
+        assert loaded.config.reference_score and not any(p.requires_grad for p in loaded.reference_decoder.parameters())
+        logits, iou = loaded.decode(loaded.embed(crops), boxes, 128)
+    assert torch.allclose(logits, own_logits, atol=1e-5)
+    assert torch.allclose(iou, (own_iou + ref_iou) / 2, atol=1e-5)
+    with pytest.raises(Exception, match="reference_score is for the sam decoder"):
+        build_labeler(LabelerConfig(**dict(TINY_SAM_IMAGE, decoder="kv", view="crop", reference_score=True)))
+
+
+@pytest.mark.slow
+def test_mal_train_saves_the_decoder_it_started_from_for_the_score(scenes, tmp_path):
+    """The recipe's run keeps SAM's zero-shot decoder as the reference, in the run directory and in its
+    checkpoint alike, while its own decoder trains."""
+    from mal.api import train
+    from mal.modeling.labeler import load_trained
+    from mal.modeling.sam_decoder import SamBoxDecoder, load_sam_decoder_weights
+    images, _, boxes = scenes
+    run = train(images, boxes, tmp_path / "run", labeler=LabelerConfig(decoder="sam", crop_size=256, view="image"),
+                train_config=replace(recipe("sam").train, lr=1e-3), max_steps=2, batch_size=2, min_area=100,
+                num_workers=0, progress=False, precision="32")
+    start = SamBoxDecoder()
+    load_sam_decoder_weights(start, require(SAM_DECODER_ONNX))
+    for model in (load_trained(run), load_trained(run / "checkpoints" / "last.ckpt")):
+        assert model.config.reference_score
+        ref, own = model.reference_decoder.state_dict(), model.decoder.state_dict()
+        assert all(torch.equal(v, ref[k]) for k, v in start.state_dict().items())
+        assert any(not torch.equal(v, own[k]) for k, v in start.state_dict().items())

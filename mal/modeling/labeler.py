@@ -9,8 +9,9 @@ Both return logits at stride 4 of the crop (SAM: 4x its stride-16 embedding grid
 """
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +32,8 @@ OUTPUT_STRIDE = 4
 class MaskLabeler(nn.Module):
     """forward: crops (M, 3, S, S) float RGB in 0..255, boxes (N, 4) x0,y0,x1,y1 in crop pixels,
     index (N,) the crop of each box (default: box i in crop i, M = N)
-    -> (mask logits (N, S/4, S/4), predicted IoU (N,) or None).
+    -> (mask logits (N, S/4, S/4), predicted IoU (N,) or None). With ``config.reference_score`` the
+    IoU is the mean of the decoder's and the frozen ``reference_decoder``'s (see :func:`keep_reference`).
 
     The K.V decoder ignores the boxes (the crop geometry centres them) and predicts no IoU; SAM's
     decoder takes the box as its prompt. Normalisation lives in the model (as in segment-anything),
@@ -54,6 +56,11 @@ class MaskLabeler(nn.Module):
                                  f"{config.backbone} has stride {stride} at crop {config.crop_size}")
             self.neck = SamNeck(encoder.out_channels)
             self.decoder = SamBoxDecoder(pad_box=config.box_padding)
+            # The decoder this one was trained from, frozen: a second opinion for the score only.
+            self.reference_decoder = (SamBoxDecoder(pad_box=config.box_padding).requires_grad_(False)
+                                      if config.reference_score else None)
+        elif config.reference_score:
+            raise MalError("reference_score is for the sam decoder (its IoU head)")
         else:
             self.decoder = MaskDecoder(encoder.out_channels, stride, config.decoder_dim, config.decoder_convs)
         # x 255 in float64: SAM's constants (58.395, 57.12, ...) to the last bit, as SamPredictor's.
@@ -77,7 +84,11 @@ class MaskLabeler(nn.Module):
         if self.config.decoder == "sam":
             if boxes is None:
                 raise ValueError("the sam decoder needs the boxes (its prompts)")
-            return self.decoder(feats, boxes.to(feats.device), index, input_size=(crop_size, crop_size))
+            boxes = boxes.to(feats.device)
+            logits, iou = self.decoder(feats, boxes, index, input_size=(crop_size, crop_size))
+            if self.reference_decoder is not None:
+                iou = (iou + self.reference_decoder(feats, boxes, index, input_size=(crop_size, crop_size))[1]) / 2
+            return logits, iou
         m = crop_size // OUTPUT_STRIDE
         return self.decoder(feats if index is None else feats[index], (m, m)), None
 
@@ -124,6 +135,14 @@ def sam_weight_files(weights=None, neck=None, decoder=None) -> tuple[Path, Path,
     return files["weights"], files["neck"], files["decoder"]
 
 
+def keep_reference(model: MaskLabeler, decoder: SamBoxDecoder) -> MaskLabeler:
+    """``model`` scoring with the mean of its IoU head and ``decoder``'s (a copy, frozen): the decoder
+    it was trained from, so that the saved labeler carries its own second opinion."""
+    model.config = replace(model.config, reference_score=True)
+    model.reference_decoder = copy.deepcopy(decoder).requires_grad_(False).to(next(model.parameters()).device)
+    return model
+
+
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
@@ -159,6 +178,12 @@ def load_trained(path: Path) -> MaskLabeler:
         # Label with the EMA teacher: it is the smoother, better model of the two.
         state = merge_lora({k.removeprefix("teacher."): v for k, v in ckpt["state_dict"].items()
                             if k.startswith("teacher.")})
+        # With its starting decoder for the score, as the run directory saves it (TrainConfig.reference_score).
+        start = {"reference_decoder." + k.removeprefix(p): v for k, v in ckpt["state_dict"].items()
+                 for p in ("anchor.decoder.", "start_decoder.") if k.startswith(p)}
+        if ckpt["hyper_parameters"].get("train", {}).get("reference_score") and start:
+            config = replace(config, reference_score=True)
+            state.update(start)
     else:
         raise FileNotFoundError(f"{path}: expected a `mal train` run directory or .ckpt, or a "
                                 "`mal export-onnx` directory")
