@@ -35,12 +35,16 @@ TINY_KV = dict(backbone="vit_tiny_patch16_224", crop_size=64, decoder_dim=16,
 TINY_SAM_IMAGE = dict(decoder="sam", crop_size=128, view="image", label_expand=2.0)
 def save_tiny_labeler(kind: str, out: Path) -> Path:
     """A tiny labeler with seeded random weights saved as a `mal train` run directory (as far as
-    loading goes); ``kind``: "kv_crop" (TINY_KV) or "sam_image" (TINY_SAM_IMAGE)."""
+    loading goes); ``kind``: "kv_crop" (TINY_KV) or "sam_image" (TINY_SAM_IMAGE, with a reference
+    decoder for its score, as the sam recipe saves it)."""
     import torch
 
-    from mal.modeling.labeler import LabelerConfig, build_labeler, save_labeler
+    from mal.modeling.labeler import LabelerConfig, build_labeler, keep_reference, save_labeler
     torch.manual_seed(0)
-    save_labeler(build_labeler(LabelerConfig(**(TINY_KV if kind == "kv_crop" else TINY_SAM_IMAGE))).eval(), out)
+    model = build_labeler(LabelerConfig(**(TINY_KV if kind == "kv_crop" else TINY_SAM_IMAGE))).eval()
+    if kind == "sam_image":
+        model = keep_reference(model, build_labeler(LabelerConfig(**TINY_SAM_IMAGE)).decoder)
+    save_labeler(model, out)
     return out
 
 
