@@ -116,9 +116,19 @@ class MALModule(L.LightningModule):
         # The starting decoder again, for the saved labeler's score (TrainConfig.reference_score): the
         # anchor's when there is one, else a frozen copy (in the checkpoint, so --resume keeps it).
         self.start_decoder = (copy.deepcopy(self.student.decoder).requires_grad_(False)
-                              if self.cfg.reference_score and self.anchor is None
-                              and self.labeler_config.decoder == "sam" else None)
+                              if self.keeps_reference() and self.anchor is None else None)
         self.embed_cache = None  # set up by on_fit_start when TrainConfig.embed_cache_gb asks for one
+
+    def keeps_reference(self) -> bool:
+        """Whether the saved labeler scores with its starting decoder too (TrainConfig.reference_score)."""
+        return self.cfg.reference_score and self.labeler_config.decoder == "sam"
+
+    def saved_labeler(self) -> MaskLabeler:
+        """What ``mal train`` saves: the EMA teacher, with its starting decoder (the anchor's, or the
+        frozen copy) beside it for the score when :meth:`keeps_reference`."""
+        if not self.keeps_reference():
+            return self.teacher
+        return keep_reference(self.teacher, self.anchor.decoder if self.anchor is not None else self.start_decoder)
 
     def _shared_image_side(self) -> dict:
         """A deepcopy memo under which a frozen image side is not copied: student, teacher and anchor then
@@ -443,11 +453,7 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     t0 = time.perf_counter()
     fit_resumable(trainer, module, loader, out, resume=resume, every=every)
     if trainer.is_global_zero:
-        labeler = module.teacher
-        if cfg.reference_score and labeler.config.decoder == "sam":
-            start = module.anchor.decoder if module.anchor is not None else module.start_decoder
-            labeler = keep_reference(labeler, start)
-        save_labeler(labeler, out)
+        save_labeler(module.saved_labeler(), out)
         secs = time.perf_counter() - t0
         done = trainer.global_step - sync.start_step
         log.info("trained %d steps (to step %d) in %.0f s (%.2f %s/s); labeler saved to %s", done,
