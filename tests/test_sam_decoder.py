@@ -57,6 +57,9 @@ def test_many_boxes_in_one_call_equal_one_by_one(onnx_decoder):
             single, siou = onnx_decoder(emb[index[k]:index[k] + 1], boxes[k:k + 1], input_size=(256, 256))
             assert torch.allclose(batched[k], single[0], atol=1e-4) and torch.allclose(biou[k], siou[0], atol=1e-5)
     assert batched.shape == (4, 64, 64)  # 4x any embedding grid
+    with torch.no_grad():  # the IoU estimate alone, as a reference decoder scores: the same numbers
+        none, only_iou = onnx_decoder(emb, boxes, index, input_size=(256, 256), masks=False)
+    assert none is None and torch.equal(only_iou, biou)
 
 
 def test_pth_state_dict_round_trip_and_wrong_files(tmp_path):

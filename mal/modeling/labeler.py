@@ -87,7 +87,7 @@ class MaskLabeler(nn.Module):
             boxes, size = boxes.to(feats.device), (crop_size, crop_size)
             logits, iou = self.decoder(feats, boxes, index, input_size=size)
             if self.reference_decoder is not None:
-                iou = (iou + self.reference_decoder(feats, boxes, index, input_size=size)[1]) / 2
+                iou = (iou + self.reference_decoder(feats, boxes, index, input_size=size, masks=False)[1]) / 2
             return logits, iou
         m = crop_size // OUTPUT_STRIDE
         return self.decoder(feats if index is None else feats[index], (m, m)), None
