@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .data.coco_checks import clip_box
-from .data.crops import box_mask, paste_mask, upsample_in_box
+from .data.crops import box_mask, mirror_boxes, paste_mask, upsample_in_box
 from .data.dataset import labeling_crops
 from .data.images import as_rgb
 from .errors import MalError
@@ -79,10 +79,10 @@ def decode_maps(model: MaskLabeler, items: list[dict], device: torch.device, pre
     return torch.cat(probs).numpy(), None if ious[0] is None else torch.cat(ious).numpy()
 
 
-def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold: float,
-            iou: float | None, frame_size: int | None = None) -> Result:
-    """One box's map from :func:`decode_maps` -> its full-image mask (never outside the box, never empty),
-    score and fallback. The score is SAM's IoU head when the decoder has one, else the maskness.
+def box_prob(m: np.ndarray, window, box_xyxy, height: int, width: int, frame_size: int | None = None
+             ) -> np.ndarray:
+    """One box's map from :func:`decode_maps` -> its full-image foreground probability (H, W), zero outside
+    the box.
 
     ``frame_size`` None (view crop): ``m`` are probabilities over the box's crop window, resized into it.
     Else (view image): ``m`` are logits over the box's frame ``window`` (the whole image at the top left of
@@ -90,17 +90,38 @@ def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold:
     does (to the frame, cropped to the image part of it, to that part's size: :func:`upsample_in_box`,
     inside the box)."""
     if frame_size is None:
-        prob = paste_mask(m, window, height, width, box_xyxy)
-    else:
-        x0, y0, x1, y1 = (int(v) for v in window)  # a square inside the image, or past its right/bottom edge
-        h, w = min(y1, height) - y0, min(x1, width) - x0  # the image part of the frame
-        side = float(x1 - x0)
-        resized = (int(h * frame_size / side + 0.5), int(w * frame_size / side + 0.5))
-        box = np.asarray(box_xyxy, dtype=np.float64) - [x0, y0, x0, y0]
-        logits = np.zeros((height, width), np.float32)
-        logits[y0:y0 + h, x0:x0 + w] = upsample_in_box(m, box, resized, (h, w), frame_size)
-        with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for very negative logits: prob 0
-            prob = (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
+        return paste_mask(m, window, height, width, box_xyxy)
+    x0, y0, x1, y1 = (int(v) for v in window)  # a square inside the image, or past its right/bottom edge
+    h, w = min(y1, height) - y0, min(x1, width) - x0  # the image part of the frame
+    side = float(x1 - x0)
+    resized = (int(h * frame_size / side + 0.5), int(w * frame_size / side + 0.5))
+    box = np.asarray(box_xyxy, dtype=np.float64) - [x0, y0, x0, y0]
+    logits = np.zeros((height, width), np.float32)
+    logits[y0:y0 + h, x0:x0 + w] = upsample_in_box(m, box, resized, (h, w), frame_size)
+    with np.errstate(over="ignore"):  # exp(-logit) overflows to inf for very negative logits: prob 0
+        return (1.0 / (1.0 + np.exp(-logits))) * box_mask(box_xyxy, height, width)
+
+
+def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold: float,
+            iou: float | None, frame_size: int | None = None, mirror: tuple | None = None) -> Result:
+    """One box's map from :func:`decode_maps` -> its full-image mask (never outside the box, never empty),
+    score and fallback (:func:`box_prob`, then :func:`mask_from_prob`). The score is SAM's IoU head when
+    the decoder has one, else the maskness.
+
+    ``mirror``: the same box decoded on the image's left-right mirror, ``(map, window, iou)`` (window in
+    mirrored-image pixels; flip test-time augmentation): the two probabilities, and the two IoU
+    estimates, are averaged."""
+    prob = box_prob(m, window, box_xyxy, height, width, frame_size)
+    if mirror is not None:
+        m2, window2, iou2 = mirror
+        box2 = mirror_boxes(box_xyxy, width)[0]
+        prob2 = box_prob(m2, window2, box2, height, width, frame_size)[:, ::-1]
+        # Averaged where both maps cover the pixel; an edge column on a pixel centre (x.5) lies inside
+        # only one of the box and its mirror: there the box's own map counts alone.
+        inside = box_mask(box_xyxy, height, width)
+        both = inside + box_mask(box2, height, width)[:, ::-1]
+        prob = (prob + prob2) / np.maximum(both, 1.0) * inside
+        iou = None if iou is None else (iou + iou2) / 2
     mask, score, fallback = mask_from_prob(prob, box_xyxy, threshold)
     if iou is not None and fallback is None:  # the IoU head: the model's own estimate of the mask's quality
         score = float(np.clip(iou, 0.0, 1.0))

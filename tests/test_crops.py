@@ -62,3 +62,13 @@ def test_image_crop_paste_round_trip_identity_scale():
     back = paste_mask(crop_exact.astype(np.float32), [5, 4, 37, 36], 30, 40)
     assert np.allclose(back[4:30, 5:37], img[4:30, 5:37, 0])
     assert crop.shape == (32, 32)
+
+
+def test_mirror_boxes_maps_pixels_to_their_mirror_columns():
+    from mal.data.crops import box_mask, mirror_boxes
+    boxes = np.array([[0.0, 1.0, 3.4, 4.0], [2.2, 0.0, 7.0, 5.0]])  # (an edge on a pixel centre, x.5, is
+    # inside a box, and outside its mirror: the half-open [x0, x1) flips; to_mask's mirror allows for it)
+    back = mirror_boxes(mirror_boxes(boxes, 7), 7)
+    assert np.allclose(back, boxes)
+    for b, m in zip(boxes, mirror_boxes(boxes, 7)):
+        assert (box_mask(m, 5, 7) == box_mask(b, 5, 7)[:, ::-1]).all()

@@ -52,3 +52,53 @@ def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):
     kept = json.loads(out.read_text())["annotations"]
     assert kept and all(a["image_id"] != 3 for a in kept)
 
+
+
+def mirrored_scenes(images, boxes, out):
+    """The scenes' left-right mirrors (images and boxes), as a second data set."""
+    from PIL import Image
+    coco = json.loads(boxes.read_text())
+    width = {i["id"]: i["width"] for i in coco["images"]}
+    (out / "images").mkdir(parents=True)
+    for f in images.iterdir():
+        Image.open(f).transpose(Image.FLIP_LEFT_RIGHT).save(out / "images" / f.name)
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [width[a["image_id"]] - x - w, y, w, h]
+    (out / "boxes.json").write_text(json.dumps(coco))
+    return out / "images", out / "boxes.json"
+
+
+def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path):
+    """With tta, each mask is the mean of the image's and its mirror's probabilities, so labeling the
+    mirrored scenes gives the mirror of every mask; without it the (random) model gives other masks.
+    (Exactly so for boxes without an edge on a pixel centre, as the scenes' integer boxes.)"""
+    from pycocotools import mask as mask_utils
+    from conftest import TINY_SAM_IMAGE
+    import torch
+    torch.manual_seed(0)
+    sam = build_labeler(LabelerConfig(**TINY_SAM_IMAGE)).eval()
+    images, _, boxes = scenes
+    flipped_images, flipped_boxes = mirrored_scenes(images, boxes, tmp_path / "mirror")
+
+    def masks(imgs, bxs, name, tta, flip=False):
+        label(sam, imgs, bxs, tmp_path / name, num_workers=0, progress=False, precision="32", tta=tta)
+        anns = json.loads((tmp_path / name).read_text())["annotations"]
+        return {a["id"]: (m[:, ::-1] if flip else m, a["score"])
+                for a in anns for m in [mask_utils.decode(a["segmentation"])]}
+
+    with_tta = masks(images, boxes, "tta.json", True)
+    mirrored = masks(flipped_images, flipped_boxes, "tta_mirror.json", True, flip=True)
+    assert all((with_tta[i][0] == mirrored[i][0]).all() and with_tta[i][1] == pytest.approx(mirrored[i][1], abs=2e-4)
+               for i in with_tta)
+    plain = masks(images, boxes, "plain.json", False)
+    plain_mirrored = masks(flipped_images, flipped_boxes, "plain_mirror.json", False, flip=True)
+    assert sum((plain[i][0] != plain_mirrored[i][0]).any() for i in plain) > len(plain) // 2
+
+
+def test_flip_tta_is_for_the_trained_labeler(scenes, tmp_path):
+    from mal.engines import build_engine
+    images, _, boxes = scenes
+    with pytest.raises(LabelError, match="trained labeler"):
+        label(build_engine("box"), images, boxes, tmp_path / "out.json", progress=False, tta=True)
+    assert not (tmp_path / "out.json").exists()

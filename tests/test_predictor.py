@@ -112,3 +112,18 @@ def test_engine_predictor_clips_and_falls_back():
     predictor.set_image(img)
     masks, scores = predictor.predict([[2, 3, 12, 9]])
     assert masks[0].sum() == 60 and scores[0] == 0.0 and predictor.fallbacks == ["box"]
+
+
+def test_mirror_average_keeps_an_edge_column_that_only_the_box_covers():
+    """A box edge on a pixel centre (x.5) is inside the box and outside its mirror (half-open [x0, x1)):
+    there the box's own probability counts alone, not halved by the mirror's zero."""
+    from mal.predictor import to_mask
+    box, window = np.array([2.5, 1.0, 6.5, 5.0]), np.array([0, 0, 10, 8])
+    mirror_window = np.array([0, 0, 10, 8])  # the crop window in the mirrored image
+    sure = np.full((4, 4), 0.8, np.float32)  # view crop: probabilities over the window
+    mask, score, fallback = to_mask(sure, window, box, 8, 10, 0.5, 0.7, None, (sure, mirror_window, 0.9))
+    assert fallback is None and score == pytest.approx(0.8)
+    assert (mask == (box_mask(box, 8, 10) > 0)).all()  # columns 2-5, 2 included
+    doubtful = np.full((4, 4), 0.2, np.float32)  # the mirror disagrees: the average decides
+    mask, _, _ = to_mask(sure, window, box, 8, 10, 0.55, None, None, (doubtful, mirror_window, None))
+    assert mask[:, 3:6].sum() == 0 and mask[1:5, 2].all()  # 0.5 inside both; 0.8 alone on column 2

@@ -24,6 +24,13 @@ def xywh_to_xyxy(b) -> np.ndarray:
     return np.array([x, y, x + w, y + h], dtype=np.float64)
 
 
+def mirror_boxes(boxes_xyxy: np.ndarray, width: int) -> np.ndarray:
+    """Boxes (N, 4) x0,y0,x1,y1 of a ``width``-pixel image in its left-right mirror image (pixel edge
+    x -> width - x; column j -> width - 1 - j)."""
+    b = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], axis=1)
+
+
 def expand_box(box_xyxy, ratios) -> np.ndarray:
     """Grow a box around its centre and round outwards to an integer crop window.
 

@@ -17,6 +17,7 @@ from .crops import (
     crop_and_resize,
     crop_mask,
     expand_box,
+    mirror_boxes,
     random_ratios,
     xywh_to_xyxy,
 )
@@ -112,17 +113,21 @@ class ImageCrops(Dataset):
     Item: ``image`` (the COCO image entry), ``records``, ``crops`` (M, 3, S, S) uint8, ``crop_index``
     (N,) the crop of each box, ``windows`` (N, 4) int64 each box's crop window in image pixels,
     ``boxes`` (N, 4) float32 boxes in crop pixels, or ``error`` (str) if the image
-    cannot be read, so the labeling loop can report and skip it instead of crashing.
+    cannot be read, so the labeling loop can report and skip it instead of crashing. With ``mirror``,
+    also ``mirror``: the same four for the image's left-right mirror and its mirrored boxes
+    (:func:`~mal.data.crops.mirror_boxes`; windows in mirrored-image pixels), for flip test-time
+    augmentation.
     """
 
     def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,
-                 expand: float = 1.3, view: str = "crop", box_frame: float = 0.0):
+                 expand: float = 1.3, view: str = "crop", box_frame: float = 0.0, mirror: bool = False):
         self.groups = groups
         self.data = data
         self.size = crop_size
         self.expand = expand
         self.view = view
         self.box_frame = box_frame
+        self.mirror = mirror
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -133,8 +138,12 @@ class ImageCrops(Dataset):
         if "error" in item:
             return item
         boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-        item.update(labeling_crops(item.pop("pixels"), boxes, self.size, self.expand, self.view,
-                                   self.box_frame))
+        pixels = item.pop("pixels")
+        item.update(labeling_crops(pixels, boxes, self.size, self.expand, self.view, self.box_frame))
+        if self.mirror:
+            item["mirror"] = labeling_crops(np.ascontiguousarray(pixels[:, ::-1]),
+                                            mirror_boxes(boxes, pixels.shape[1]), self.size, self.expand,
+                                            self.view, self.box_frame)
         return item
 
 

@@ -34,7 +34,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
           skip_bad_images: bool = False, progress: bool = True,
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
-          keep_parts: bool = False, strict: bool = False) -> LabelSummary:
+          keep_parts: bool = False, strict: bool = False, tta: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     ``model``: the trained labeler (a :class:`~mal.modeling.labeler.MaskLabeler`, its ONNX export, or
@@ -45,14 +45,18 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     written atomically once every shard is done. ``shard``, ``resume``, ``work_dir``,
     ``chunk_images`` and ``keep_parts``: see :func:`~mal.labeling.loop.label_in_chunks`. ``strict``:
     every skip or fallback on bad input (a clipped box, an image whose COCO size is its stored,
-    un-rotated size) is an error.
+    un-rotated size) is an error. ``tta`` (trained labeler only): also decode each image's left-right
+    mirror and average the two probabilities; about twice the time, for slightly better masks
+    (BENCHMARKS.md).
     """
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
     if is_engine(model):
+        if tta:
+            raise LabelError("tta (flip test-time augmentation) is for the trained labeler, not an engine")
         labeler = EngineLabeler(model, data)
     else:
         labeler = ModelLabeler.load(model, data, device=device, precision=precision, batch_size=batch_size,
-                                    threshold=threshold, expand=expand)
+                                    threshold=threshold, expand=expand, tta=tta)
     return label_in_chunks(labeler, data, out, num_workers=num_workers, skip_bad_images=skip_bad_images,
                            progress=progress, shard=shard, resume=resume, work_dir=work_dir,
                            chunk_images=chunk_images, keep_parts=keep_parts)

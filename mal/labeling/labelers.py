@@ -32,21 +32,23 @@ class ModelLabeler:
     """The trained MAL model as an :class:`~mal.labeling.loop.ImageLabeler`: the crops of every image
     (one per box, or the whole image for view "image"), encoded and decoded in batches of
     ``batch_size`` that span images, pasted back and thresholded; scored by SAM's IoU head when the
-    model has one."""
+    model has one. ``tta``: each image's left-right mirror is decoded too and the two probabilities
+    averaged (:func:`mal.predictor.to_mask`): about twice the time."""
 
     name = "mal"
 
     def __init__(self, model: MaskLabeler, data: BoxDataset, device: torch.device, precision: str,
-                 batch_size: int, threshold: float, expand: float):
+                 batch_size: int, threshold: float, expand: float, tta: bool = False):
         self.model, self.data, self.device, self.precision = model, data, device, precision
-        self.batch_size, self.threshold, self.expand = batch_size, threshold, expand
+        self.batch_size, self.threshold, self.expand, self.tta = batch_size, threshold, expand, tta
         self.pending: list[dict] = []  # images whose crops wait for a full batch
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),
-                         "config": asdict(model.config), "threshold": threshold, "expand": expand}
+                         "config": asdict(model.config), "threshold": threshold, "expand": expand,
+                         **({"tta": "flip"} if tta else {})}  # absent when off: older jobs resume
 
     @classmethod
     def load(cls, model: MaskLabeler | str | Path, data: BoxDataset, *, device: str, precision: str,
-             batch_size: int, threshold: float, expand: float | None) -> "ModelLabeler":
+             batch_size: int, threshold: float, expand: float | None, tta: bool = False) -> "ModelLabeler":
         """``model`` (a labeler, or a path :func:`~mal.modeling.load.load_labeler` reads) on
         ``device`` ("auto": under torchrun, this process's GPU) in eval mode; ``expand`` None: the
         model's ``label_expand``."""
@@ -58,11 +60,11 @@ class ModelLabeler:
             model = load_labeler(model)
         model = model.to(dev).eval()
         expand = model.config.label_expand if expand is None else expand
-        return cls(model, data, dev, prec, batch_size, threshold, expand)
+        return cls(model, data, dev, prec, batch_size, threshold, expand, tta)
 
     def dataset(self, groups: list[ImageGroup]) -> Dataset:
         cfg = self.model.config
-        return ImageCrops(groups, self.data, cfg.crop_size, self.expand, cfg.view, cfg.box_frame)
+        return ImageCrops(groups, self.data, cfg.crop_size, self.expand, cfg.view, cfg.box_frame, self.tta)
 
     def add(self, item: dict) -> list[dict]:
         self.pending.append(item)
@@ -73,14 +75,18 @@ class ModelLabeler:
     def flush(self) -> list[dict]:
         if not self.pending:
             return []
-        maps, ious = decode_maps(self.model, self.pending, self.device, self.precision, self.batch_size)
+        mirrors = [it["mirror"] for it in self.pending] if self.tta else []
+        maps, ious = decode_maps(self.model, self.pending + mirrors, self.device, self.precision, self.batch_size)
+        n = sum(len(it["records"]) for it in self.pending)  # the mirrors' maps follow, box for box
+        ious = [None] * len(maps) if ious is None else ious
         frame = self.model.config.crop_size if self.model.config.view == "image" else None
         out, j = [], 0
         for it in self.pending:
             H, W = it["image"]["height"], it["image"]["width"]
-            for r, win in zip(it["records"], it["windows"]):
-                mask, score, fb = to_mask(maps[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold,
-                                          None if ious is None else ious[j], frame)
+            for k, (r, win) in enumerate(zip(it["records"], it["windows"])):
+                mirror = (maps[n + j], it["mirror"]["windows"][k], ious[n + j]) if self.tta else None
+                mask, score, fb = to_mask(maps[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold, ious[j],
+                                          frame, mirror)
                 out.append(annotation_out(r.ann, mask, score, fb))
                 j += 1
         self.pending.clear()
