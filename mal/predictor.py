@@ -7,9 +7,10 @@ segment-anything's ``SamPredictor``)::
     masks, scores = predictor.predict(boxes_xyxy)      # (N, H, W) bool, (N,) in [0, 1]
 
 One box's way through the trained labeler: :func:`mal.data.dataset.labeling_crops` (crop or whole-image
-frame, box in crop pixels) -> :func:`decode_maps` (encoder + decoder, in batches) -> :func:`to_mask`
-(paste back inside the box, threshold, fallback). ``mal label`` (:class:`mal.labeling.labelers.ModelLabeler`) runs
-the same three over a COCO file, batching the boxes of several images; engines go through
+frame, box in crop pixels) -> :func:`item_masks`: :func:`decode_maps` (encoder + decoder, in batches) ->
+:func:`to_mask` (paste back inside the box, threshold, fallback). ``mal label``
+(:class:`mal.labeling.labelers.ModelLabeler`) runs the same over a COCO file, batching the boxes of several
+images; engines go through
 :func:`engine_masks` there and here. An empty mask is never returned: see :func:`to_mask` and
 :func:`engine_masks`; ``predictor.fallbacks`` says which boxes got one.
 """
@@ -128,6 +129,28 @@ def to_mask(m: np.ndarray, window, box_xyxy, height: int, width: int, threshold:
     return mask, score, fallback
 
 
+def item_masks(model: MaskLabeler, items: list[dict], device: torch.device, precision: str, batch_size: int,
+               threshold: float, feats: torch.Tensor | None = None) -> list[Result]:
+    """The masks of every box of ``items`` (:func:`labeling_crops` dicts, in order): :func:`decode_maps`
+    then :func:`to_mask`. Items with a ``mirror`` are decoded on it too, and the two averaged. ``feats``:
+    the features of the items' crops, then of their mirrors' (:meth:`MaskPredictor.set_image`)."""
+    mirrors = [it["mirror"] for it in items if "mirror" in it]
+    if mirrors and len(mirrors) != len(items):
+        raise ValueError("either every item has a mirror or none")
+    maps, ious = decode_maps(model, items + mirrors, device, precision, batch_size, feats)
+    ious = [None] * len(maps) if ious is None else ious
+    n = sum(len(it["image_boxes"]) for it in items)  # the mirrors' maps follow, box for box
+    frame = model.config.crop_size if model.config.view == "image" else None
+    out, j = [], 0
+    for it in items:
+        H, W = it["image_size"]
+        for k, (win, box) in enumerate(zip(it["windows"], it["image_boxes"])):
+            mirror = (maps[n + j], it["mirror"]["windows"][k], ious[n + j]) if mirrors else None
+            out.append(to_mask(maps[j], win, box, H, W, threshold, ious[j], frame, mirror))
+            j += 1
+    return out
+
+
 def engine_masks(engine, image: np.ndarray, boxes_xyxy: np.ndarray, where: str = "the image") -> list[Result]:
     """An engine's masks for the boxes of one image, each clipped to its box (the box is ground truth);
     one empty after clipping becomes the filled box, scored 0 and flagged "box". ``where`` names the
@@ -174,15 +197,17 @@ class MaskPredictor:
 
     With the trained labeler's view "image" the image is encoded once in :meth:`set_image` and every
     :meth:`predict` decodes on that embedding (as SAM's predictor does). ``device``, ``precision``,
-    ``batch_size``, ``threshold`` and ``expand`` (default: the model's ``label_expand``) mean what they
-    mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit.
+    ``batch_size``, ``threshold``, ``expand`` (default: the model's ``label_expand``) and ``tta`` mean what
+    they mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit.
     """
 
     def __init__(self, model, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,
-                 threshold: float = 0.5, expand: float | None = None):
+                 threshold: float = 0.5, expand: float | None = None, tta: bool = False):
         self.engine = None if is_labeler(model) else model
         self.model = model if is_labeler(model) else None
-        self.batch_size, self.threshold = batch_size, threshold
+        if tta and self.engine is not None:
+            raise MalError("tta (flip test-time augmentation) is for the trained labeler, not an engine")
+        self.batch_size, self.threshold, self.tta = batch_size, threshold, tta
         if self.model is not None:
             self.device = resolve_device(device)
             self.precision = resolve_precision(precision, self.device)
@@ -205,8 +230,9 @@ class MaskPredictor:
         if self.model is not None and self.model.config.view == "image" and self.model.config.box_frame <= 0:
             H, W = self.image.shape[:2]  # every box shares the image's frame: encode it once
             frame = labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
-                                   self.expand, "image")["crops"]
-            self._feats = embed_crops(self.model, frame, self.device, self.precision, self.batch_size)
+                                   self.expand, "image", mirror=self.tta)
+            crops = torch.cat([frame["crops"], frame["mirror"]["crops"]]) if self.tta else frame["crops"]
+            self._feats = embed_crops(self.model, crops, self.device, self.precision, self.batch_size)
 
     def predict(self, boxes_xyxy) -> tuple[np.ndarray, np.ndarray]:
         """boxes (N, 4) x0, y0, x1, y1 in image pixels -> masks (N, H, W) bool, scores (N,) in [0, 1].
@@ -226,9 +252,6 @@ class MaskPredictor:
         if self.engine is not None:
             return engine_masks(self.engine, self.image, boxes)
         cfg = self.model.config
-        H, W = self.image.shape[:2]
-        item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view, cfg.box_frame)
-        maps, ious = decode_maps(self.model, [item], self.device, self.precision, self.batch_size, self._feats)
-        frame = cfg.crop_size if cfg.view == "image" else None
-        return [to_mask(p, win, box, H, W, self.threshold, None if ious is None else ious[j], frame)
-                for j, (p, win, box) in enumerate(zip(maps, item["windows"], boxes))]
+        item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view, cfg.box_frame, self.tta)
+        return item_masks(self.model, [item], self.device, self.precision, self.batch_size, self.threshold,
+                          self._feats)

@@ -8,6 +8,7 @@ import pytest
 from conftest import save_tiny_labeler
 from mal.data.crops import box_mask, xywh_to_xyxy
 from mal.data.images import ImageError, read_rgb
+from mal.errors import MalError
 from mal.engines import build_engine, label_with_engine
 from mal.labeling.label import label
 from mal.coco_masks import decode_rle
@@ -27,13 +28,15 @@ def _by_image(coco: dict) -> dict:
     return out
 
 
-def test_predictor_equals_mal_label(scenes, run, tmp_path):
+@pytest.mark.parametrize("tta", [False, True])
+def test_predictor_equals_mal_label(scenes, run, tmp_path, tta):
     images, _, boxes = scenes
-    label(run, images, boxes, tmp_path / "label.json", batch_size=4, num_workers=0, progress=False, precision="32")
+    label(run, images, boxes, tmp_path / "label.json", batch_size=4, num_workers=0, progress=False, precision="32",
+          tta=tta)
     written = {a["id"]: a for a in json.loads((tmp_path / "label.json").read_text())["annotations"]}
     coco = json.loads(boxes.read_text())
     files = {i["id"]: i["file_name"] for i in coco["images"]}
-    predictor = MaskPredictor.from_run(run, precision="32", batch_size=3)  # another batching than mal label's
+    predictor = MaskPredictor.from_run(run, precision="32", batch_size=3, tta=tta)  # another batching
     n = 0
     for image_id, anns in _by_image(coco).items():
         predictor.set_image(read_rgb(images / files[image_id]))
@@ -93,6 +96,8 @@ def test_bad_calls_are_clear(run):
     assert masks.shape == (0, 20, 30) and scores.shape == (0,)
     masks, _ = predictor.predict([[-5, 2, 10, 8]])  # partly outside: clipped, as mal label clips it
     assert not masks[0][:, 10:].any() and not masks[0][:2].any()
+    with pytest.raises(MalError, match="tta .* is for the trained labeler"):
+        MaskPredictor(build_engine("box"), tta=True)
 
 
 def test_engine_predictor_clips_and_falls_back():

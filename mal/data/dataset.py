@@ -113,10 +113,9 @@ class ImageCrops(Dataset):
     Item: ``image`` (the COCO image entry), ``records``, ``crops`` (M, 3, S, S) uint8, ``crop_index``
     (N,) the crop of each box, ``windows`` (N, 4) int64 each box's crop window in image pixels,
     ``boxes`` (N, 4) float32 boxes in crop pixels, or ``error`` (str) if the image
-    cannot be read, so the labeling loop can report and skip it instead of crashing. With ``mirror``,
-    also ``mirror``: the same four for the image's left-right mirror and its mirrored boxes
-    (:func:`~mal.data.crops.mirror_boxes`; windows in mirrored-image pixels), for flip test-time
-    augmentation.
+    cannot be read, so the labeling loop can report and skip it instead of crashing (and the rest of
+    :func:`labeling_crops`'s keys). ``mirror``: with the mirrored image's crops too (flip test-time
+    augmentation).
     """
 
     def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,
@@ -138,21 +137,23 @@ class ImageCrops(Dataset):
         if "error" in item:
             return item
         boxes = np.stack([xywh_to_xyxy(r.bbox) for r in records])
-        pixels = item.pop("pixels")
-        item.update(labeling_crops(pixels, boxes, self.size, self.expand, self.view, self.box_frame))
-        if self.mirror:
-            item["mirror"] = labeling_crops(np.ascontiguousarray(pixels[:, ::-1]),
-                                            mirror_boxes(boxes, pixels.shape[1]), self.size, self.expand,
-                                            self.view, self.box_frame)
+        item.update(labeling_crops(item.pop("pixels"), boxes, self.size, self.expand, self.view,
+                                   self.box_frame, self.mirror))
         return item
 
 
 def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand: float, view: str,
-                   box_frame: float = 0.0) -> dict:
+                   box_frame: float = 0.0, mirror: bool = False) -> dict:
     """What a labeler decodes the boxes (N, 4) of an HxWx3 uint8 image on (see :class:`ImageCrops`):
     ``crops`` (M, 3, S, S) uint8, ``crop_index`` (N,), ``windows`` (N, 4) int64 image pixels (view
-    image: each box's frame), ``boxes`` (N, 4) float32 crop pixels. Used by ``mal label`` and by
-    :class:`mal.predictor.MaskPredictor`."""
+    image: each box's frame), ``boxes`` (N, 4) float32 crop pixels, and ``image_boxes`` (N, 4) and
+    ``image_size`` (H, W) for the paste-back. ``mirror``: also ``mirror``, the same for the image's
+    left-right mirror and its mirrored boxes (:func:`~mal.data.crops.mirror_boxes`), for flip
+    test-time augmentation. Used by ``mal label`` and by :class:`mal.predictor.MaskPredictor`."""
+    out = {"image_boxes": np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4), "image_size": image.shape[:2]}
+    if mirror:
+        out["mirror"] = labeling_crops(np.ascontiguousarray(image[:, ::-1]), mirror_boxes(boxes_xyxy, image.shape[1]),
+                                       size, expand, view, box_frame)
     if view == "image":
         frames, index = image_tiles(boxes_xyxy, image.shape[0], image.shape[1], size, box_frame)
     else:
@@ -160,7 +161,7 @@ def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand:
         index = np.arange(len(boxes_xyxy))
     crops = np.stack([crop_and_resize(image, w, size) for w in frames])
     windows = frames[index]
-    return {"crops": torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
+    return {**out, "crops": torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
             "crop_index": torch.from_numpy(index), "windows": windows,
             "boxes": torch.from_numpy(np.stack([box_in_crop(b, w, size)
                                                 for b, w in zip(boxes_xyxy, windows)])).float()}

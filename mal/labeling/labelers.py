@@ -17,7 +17,7 @@ from ..data.crops import xywh_to_xyxy
 from ..data.dataset import ImageCrops, ImageReader
 from ..modeling.labeler import MaskLabeler
 from ..modeling.load import is_labeler, load_labeler
-from ..predictor import decode_maps, engine_masks, to_mask
+from ..predictor import engine_masks, item_masks
 from ..runtime import resolve_device, resolve_precision, tensors_sha256
 from .record import annotation_out
 
@@ -32,8 +32,8 @@ class ModelLabeler:
     """The trained MAL model as an :class:`~mal.labeling.loop.ImageLabeler`: the crops of every image
     (one per box, or the whole image for view "image"), encoded and decoded in batches of
     ``batch_size`` that span images, pasted back and thresholded; scored by SAM's IoU head when the
-    model has one. ``tta``: each image's left-right mirror is decoded too and the two probabilities
-    averaged (:func:`mal.predictor.to_mask`): about twice the time."""
+    model has one (:func:`mal.predictor.item_masks`). ``tta``: each image's left-right mirror is decoded
+    too and the two probabilities averaged: about twice the time."""
 
     name = "mal"
 
@@ -75,20 +75,9 @@ class ModelLabeler:
     def flush(self) -> list[dict]:
         if not self.pending:
             return []
-        mirrors = [it["mirror"] for it in self.pending] if self.tta else []
-        maps, ious = decode_maps(self.model, self.pending + mirrors, self.device, self.precision, self.batch_size)
-        n = sum(len(it["records"]) for it in self.pending)  # the mirrors' maps follow, box for box
-        ious = [None] * len(maps) if ious is None else ious
-        frame = self.model.config.crop_size if self.model.config.view == "image" else None
-        out, j = [], 0
-        for it in self.pending:
-            H, W = it["image"]["height"], it["image"]["width"]
-            for k, (r, win) in enumerate(zip(it["records"], it["windows"])):
-                mirror = (maps[n + j], it["mirror"]["windows"][k], ious[n + j]) if self.tta else None
-                mask, score, fb = to_mask(maps[j], win, xywh_to_xyxy(r.bbox), H, W, self.threshold, ious[j],
-                                          frame, mirror)
-                out.append(annotation_out(r.ann, mask, score, fb))
-                j += 1
+        records = [r for it in self.pending for r in it["records"]]
+        results = item_masks(self.model, self.pending, self.device, self.precision, self.batch_size, self.threshold)
+        out = [annotation_out(r.ann, *res) for r, res in zip(records, results)]
         self.pending.clear()
         return out
 
