@@ -141,6 +141,8 @@ def test_manifest_mismatch_is_refused(scenes, model, tmp_path):
     label(model, images, boxes, out, keep_parts=True, **kw)
     with pytest.raises(PartsError, match="labeler .*differs"):
         label(model, images, boxes, out, threshold=0.6, resume=True, **kw)
+    with pytest.raises(PartsError, match="labeler .*differs"):  # the mirror too: other masks
+        label(model, images, boxes, out, tta=True, resume=True, **kw)
     with pytest.raises(PartsError, match="annotations file content differs"):
         label(model, images, gt, out, resume=True, **kw)
     with pytest.raises(PartsError, match="shard count differs: 1 before, 2 now"):
