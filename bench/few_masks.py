@@ -113,7 +113,7 @@ def main() -> None:
     for name, given in plans:
         rows.append(run(name, given))
     unseen = set(ids) - set().union(*(r["given"] for r in rows))
-    boxes_only = rows[1]["iou"]
+    boxes_only = next(r for r in rows if r["row"] == "boxes_only")["iou"]
 
     def mean(iou: dict, keys) -> float:
         return sum(iou[i] for i in keys) / len(keys)

@@ -39,7 +39,8 @@ STAGES = {
     "threshold": [("predictor.py", "mask_from_prob")],
     "to_mask": [("predictor.py", "to_mask")],
     "RLE": [("coco_masks.py", "encode_rle")],
-    "write": [("store.py", "write_chunk"), ("chunks.py", "write_chunk"), ("label_loop.py", "merge")],
+    "write": [("store.py", "write_chunk"), ("chunks.py", "write_chunk"), ("label_loop.py", "merge"),
+              ("merge.py", "merge_chunks")],
 }
 
 

@@ -320,7 +320,7 @@ def add_label_parser(subparsers) -> None:
     lb.add_argument("--batch-size", type=int, default=16, help="crops (view crop) or images (view image) per "
                     "forward pass; does not change the masks beyond pixels at the threshold")
     lb.add_argument("--threshold", type=float, default=0.5, help="mask = pixels of foreground probability above this")
-    lb.add_argument("--tta", action="store_true", help="test-time augmentation (engine mal): also decode each "
+    lb.add_argument("--tta", action="store_true", help="test-time augmentation (the trained or a torch SAM labeler): also decode each "
                     "image's left-right mirror and average the two; about twice the time for +0.003-0.005 mIoU "
                     "(BENCHMARKS.md)")
     lb.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")

@@ -29,6 +29,8 @@ from .modeling.load import is_labeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
 Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)
+TTA_ENGINE_ERROR = ("tta (flip test-time augmentation) is for the trained labeler, not an engine "
+                    "(build_engine('mal', model=RUN, tta=True) for the trained labeler as an engine)")
 
 
 def mask_from_prob(prob: np.ndarray, box_xyxy, threshold: float = 0.5) -> Result:
@@ -60,7 +62,7 @@ def embed_crops(model: MaskLabeler, crops: torch.Tensor, device: torch.device, p
 
 def decode_maps(model: MaskLabeler, items: list[dict], device: torch.device, precision: str,
                 batch_size: int, feats: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """What :func:`to_mask` pastes back, (N, S/4, S/4), and SAM's IoU estimate (N,) (None for the K.V
+    """What :func:`box_prob` pastes back, (N, S/4, S/4), and SAM's IoU estimate (N,) (None for the K.V
     decoder), for the boxes of ``items`` (:func:`labeling_crops` dicts, in order): view crop, foreground
     probabilities over each box's crop window; view image, the logits over the whole frame (upsampled
     the SAM way). ``feats``: the crops' features when already computed (:meth:`MaskPredictor.set_image`)."""
@@ -206,7 +208,7 @@ class MaskPredictor:
         self.engine = None if is_labeler(model) else model
         self.model = model if is_labeler(model) else None
         if tta and self.engine is not None:
-            raise MalError("tta (flip test-time augmentation) is for the trained labeler, not an engine")
+            raise MalError(TTA_ENGINE_ERROR)
         self.batch_size, self.threshold, self.tta = batch_size, threshold, tta
         if self.model is not None:
             self.device = resolve_device(device)

@@ -65,9 +65,10 @@ def test_image_crop_paste_round_trip_identity_scale():
 
 
 def test_mirror_boxes_maps_pixels_to_their_mirror_columns():
+    """(Not for an edge on a pixel centre, x.5: inside a box and outside its mirror, as the half-open
+    [x0, x1) flips; ``to_mask``'s mirror allows for it, tests/test_predictor.py.)"""
     from mal.data.crops import box_mask, mirror_boxes
-    boxes = np.array([[0.0, 1.0, 3.4, 4.0], [2.2, 0.0, 7.0, 5.0]])  # (an edge on a pixel centre, x.5, is
-    # inside a box, and outside its mirror: the half-open [x0, x1) flips; to_mask's mirror allows for it)
+    boxes = np.array([[0.0, 1.0, 3.4, 4.0], [2.2, 0.0, 7.0, 5.0]])
     back = mirror_boxes(mirror_boxes(boxes, 7), 7)
     assert np.allclose(back, boxes)
     for b, m in zip(boxes, mirror_boxes(boxes, 7)):

@@ -53,7 +53,6 @@ def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):
     assert kept and all(a["image_id"] != 3 for a in kept)
 
 
-
 def mirrored_scenes(images, boxes, out):
     """The scenes' left-right mirrors (images and boxes), as a second data set."""
     from PIL import Image
@@ -69,7 +68,8 @@ def mirrored_scenes(images, boxes, out):
     return out / "images", out / "boxes.json"
 
 
-def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path):
+@pytest.mark.parametrize("config", ["sam_image", "kv_crop"])
+def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path, config):
     """With tta, each mask is the mean of the image's and its mirror's probabilities, so labeling the
     mirrored scenes gives the mirror of every mask; without it the (random) model gives other masks.
     (Exactly so for boxes without an edge on a pixel centre, as the scenes' integer boxes.)"""
@@ -77,12 +77,12 @@ def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path):
     from conftest import TINY_SAM_IMAGE
     import torch
     torch.manual_seed(0)
-    sam = build_labeler(LabelerConfig(**TINY_SAM_IMAGE)).eval()
+    labeler = build_labeler(LabelerConfig(**(TINY_SAM_IMAGE if config == "sam_image" else TINY_KV))).eval()
     images, _, boxes = scenes
     flipped_images, flipped_boxes = mirrored_scenes(images, boxes, tmp_path / "mirror")
 
     def masks(imgs, bxs, name, tta, flip=False):
-        label(sam, imgs, bxs, tmp_path / name, num_workers=0, progress=False, precision="32", tta=tta)
+        label(labeler, imgs, bxs, tmp_path / name, num_workers=0, progress=False, precision="32", tta=tta)
         anns = json.loads((tmp_path / name).read_text())["annotations"]
         return {a["id"]: (m[:, ::-1] if flip else m, a["score"])
                 for a in anns for m in [mask_utils.decode(a["segmentation"])]}
@@ -96,9 +96,12 @@ def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path):
     assert sum((plain[i][0] != plain_mirrored[i][0]).any() for i in plain) > len(plain) // 2
 
 
-def test_flip_tta_is_for_the_trained_labeler(scenes, tmp_path):
+def test_flip_tta_is_for_the_trained_labeler(scenes, model, tmp_path):
     from mal.engines import build_engine
     images, _, boxes = scenes
     with pytest.raises(LabelError, match="trained labeler"):
         label(build_engine("box"), images, boxes, tmp_path / "out.json", progress=False, tta=True)
     assert not (tmp_path / "out.json").exists()
+    # The trained labeler as an engine takes tta itself, and its identity (for --resume) records it.
+    plain, flipped = build_engine("mal", model=model), build_engine("mal", model=model, tta=True)
+    assert flipped.identity == {**plain.identity, "tta": "flip"}

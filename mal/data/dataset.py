@@ -110,12 +110,9 @@ class ImageCrops(Dataset):
     view "crop": one fixed-expansion crop per box. view "image": the whole image in a square frame
     (its long side, padded at the bottom/right, as SAM's input), shared by every box; or, with
     ``box_frame`` > 0 and boxes small for the image, zoomed tiles of it (:mod:`mal.data.tiles`).
-    Item: ``image`` (the COCO image entry), ``records``, ``crops`` (M, 3, S, S) uint8, ``crop_index``
-    (N,) the crop of each box, ``windows`` (N, 4) int64 each box's crop window in image pixels,
-    ``boxes`` (N, 4) float32 boxes in crop pixels, or ``error`` (str) if the image
-    cannot be read, so the labeling loop can report and skip it instead of crashing (and the rest of
-    :func:`labeling_crops`'s keys). ``mirror``: with the mirrored image's crops too (flip test-time
-    augmentation).
+    Item: ``image`` (the COCO image entry), ``records`` and the keys of :func:`labeling_crops` (with
+    ``mirror``: the mirrored image's too); or ``image``, ``records`` and ``error`` (str) if the image
+    cannot be read, so the labeling loop can report and skip it instead of crashing.
     """
 
     def __init__(self, groups: list[tuple[dict, list[BoxRecord]]], data: BoxDataset, crop_size: int,

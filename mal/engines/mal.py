@@ -13,14 +13,15 @@ class MalEngine:
     name = "mal"
 
     def __init__(self, model, **kwargs):
-        """model: a `mal train` run directory or .ckpt, a `mal export-onnx` directory, or a labeler; ``kwargs``: MaskPredictor's
-        (device, precision, batch_size, threshold, expand)."""
+        """model: a `mal train` run directory or .ckpt, a `mal export-onnx` directory, or a labeler; ``kwargs``:
+        MaskPredictor's (device, precision, batch_size, threshold, expand, tta)."""
         from ..labeling.labelers import weights_sha256
         from ..modeling.load import is_labeler, load_labeler
         model = model if is_labeler(model) else load_labeler(model)
         self.predictor = MaskPredictor(model, **kwargs)
         self.identity = {"model": "mal", "weights_sha256": weights_sha256(model),
-                         "threshold": self.predictor.threshold, "expand": self.predictor.expand}
+                         "threshold": self.predictor.threshold, "expand": self.predictor.expand,
+                         **({"tta": "flip"} if self.predictor.tta else {})}
 
     def predict(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         self.predictor.set_image(image)

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..data.coco import load_boxes
 from ..errors import MalError
 from ..modeling.labeler import MaskLabeler
+from ..predictor import TTA_ENGINE_ERROR
 from .labelers import EngineLabeler, ModelLabeler, is_engine
 from .loop import LabelError, LabelSummary, label_in_chunks
 from .manifest import open_for_merge
@@ -49,10 +50,10 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     mirror and average the two probabilities; about twice the time, for slightly better masks
     (BENCHMARKS.md).
     """
+    if tta and is_engine(model):
+        raise LabelError(TTA_ENGINE_ERROR)
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
     if is_engine(model):
-        if tta:
-            raise LabelError("tta (flip test-time augmentation) is for the trained labeler, not an engine")
         labeler = EngineLabeler(model, data)
     else:
         labeler = ModelLabeler.load(model, data, device=device, precision=precision, batch_size=batch_size,

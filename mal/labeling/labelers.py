@@ -32,8 +32,7 @@ class ModelLabeler:
     """The trained MAL model as an :class:`~mal.labeling.loop.ImageLabeler`: the crops of every image
     (one per box, or the whole image for view "image"), encoded and decoded in batches of
     ``batch_size`` that span images, pasted back and thresholded; scored by SAM's IoU head when the
-    model has one (:func:`mal.predictor.item_masks`). ``tta``: each image's left-right mirror is decoded
-    too and the two probabilities averaged: about twice the time."""
+    model has one (:func:`mal.predictor.item_masks`). ``tta``: see :func:`mal.labeling.label.label`."""
 
     name = "mal"
 
