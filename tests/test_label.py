@@ -53,33 +53,46 @@ def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):
     assert kept and all(a["image_id"] != 3 for a in kept)
 
 
-def mirrored_scenes(images, boxes, out):
-    """The scenes' left-right mirrors (images and boxes), as a second data set."""
+def transformed_scenes(images, boxes, out, mirror=False, pad=0):
+    """The scenes placed ``pad`` px from the top left of a canvas 3x their size (boxes then small for
+    the image), and/or left-right mirrored (images and boxes), as another data set."""
     from PIL import Image
     coco = json.loads(boxes.read_text())
-    width = {i["id"]: i["width"] for i in coco["images"]}
     (out / "images").mkdir(parents=True)
     for f in images.iterdir():
-        Image.open(f).transpose(Image.FLIP_LEFT_RIGHT).save(out / "images" / f.name)
+        im = Image.open(f)
+        if pad:
+            canvas = Image.new("RGB", (3 * im.width, 3 * im.height), (90, 90, 90))
+            canvas.paste(im, (pad, pad))
+            im = canvas
+        (im.transpose(Image.FLIP_LEFT_RIGHT) if mirror else im).save(out / "images" / f.name)
+    for i in coco["images"]:
+        i["width"], i["height"] = (3 * i["width"], 3 * i["height"]) if pad else (i["width"], i["height"])
+    width = {i["id"]: i["width"] for i in coco["images"]}
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]
-        a["bbox"] = [width[a["image_id"]] - x - w, y, w, h]
+        x, y = x + pad, y + pad
+        a["bbox"] = [width[a["image_id"]] - x - w if mirror else x, y, w, h]
     (out / "boxes.json").write_text(json.dumps(coco))
     return out / "images", out / "boxes.json"
 
 
-@pytest.mark.parametrize("config", ["sam_image", "kv_crop"])
+@pytest.mark.parametrize("config", ["sam_image", "kv_crop", "sam_tiles"])
 def test_flip_tta_labels_an_image_and_its_mirror_alike(scenes, tmp_path, config):
     """With tta, each mask is the mean of the image's and its mirror's probabilities, so labeling the
     mirrored scenes gives the mirror of every mask; without it the (random) model gives other masks.
-    (Exactly so for boxes without an edge on a pixel centre, as the scenes' integer boxes.)"""
+    (Exactly so for boxes without an edge on a pixel centre, as the scenes' integer boxes.) "sam_tiles":
+    small boxes in a large image, labeled on zoomed tiles, which the mirror plans anew."""
     from pycocotools import mask as mask_utils
     from conftest import TINY_SAM_IMAGE
     import torch
     torch.manual_seed(0)
-    labeler = build_labeler(LabelerConfig(**(TINY_SAM_IMAGE if config == "sam_image" else TINY_KV))).eval()
+    cfg = {"sam_image": TINY_SAM_IMAGE, "kv_crop": TINY_KV, "sam_tiles": dict(TINY_SAM_IMAGE, box_frame=32.0)}
+    labeler = build_labeler(LabelerConfig(**cfg[config])).eval()
     images, _, boxes = scenes
-    flipped_images, flipped_boxes = mirrored_scenes(images, boxes, tmp_path / "mirror")
+    if config == "sam_tiles":
+        images, boxes = transformed_scenes(images, boxes, tmp_path / "padded", pad=37)
+    flipped_images, flipped_boxes = transformed_scenes(images, boxes, tmp_path / "mirror", mirror=True)
 
     def masks(imgs, bxs, name, tta, flip=False):
         label(labeler, imgs, bxs, tmp_path / name, num_workers=0, progress=False, precision="32", tta=tta)
