@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import TINY_KV
 
-from mal.labeling.merge import MergeOutcome, MergeResult, merge_and_clean
+from mal.labeling.merge import MergeOutcome, MergeResult, category_offsets, merge_and_clean
 from mal.labeling.plan import parse_shard
 from mal.labeling.store import PartsError
 from mal.cli import main
@@ -208,6 +208,44 @@ def test_merge_result_says_what_happened(scenes, tmp_path):
     label_with_engine(build_engine("box"), images, boxes, out, shard="1/2", **kw)  # merges, removes work
     assert out.exists() and not work.exists()
     assert merge_and_clean(store, data.coco, out) == MergeResult(MergeOutcome.MERGED_ELSEWHERE)
+
+
+def test_category_offsets_known_answer():
+    cats = np.array([1, 1, 2, 2, 2, 3])
+    scores = np.array([0.9, 0.7, 0.5, 0.6, np.nan, 0.4])  # the NaN (a fallback) counts nowhere
+    off = category_offsets(cats, scores)
+    mean = (0.9 + 0.7 + 0.5 + 0.6 + 0.4) / 5
+    assert off.keys() == {1, 2, 3}
+    assert np.allclose([off[1], off[2], off[3]], [0.8 - mean, 0.55 - mean, 0.4 - mean])
+    assert category_offsets(np.array([7, 7, 7]), np.array([0.2, 0.9, 0.5])) == {}  # one class: own scores
+    assert category_offsets(np.array([1, 2]), np.array([0.5, np.nan])) == {}  # one class with a score
+
+
+def test_merged_scores_are_pooled_by_category_and_fallbacks_keep_theirs(scenes, model, tmp_path):
+    images, _, boxes = scenes
+    out, work = tmp_path / "out.json", tmp_path / "work"
+    label(model, images, boxes, out, num_workers=0, progress=False, work_dir=work, keep_parts=True)
+    lines = [json.loads(line) for c in _chunks(work) for line in c.read_text().splitlines()[1:]]
+    own = {a["id"]: a for a in lines}
+    anns = _anns(out)
+    scores = np.array([np.nan if "mal_fallback" in own[a["id"]] else own[a["id"]]["score"] for a in anns])
+    off = category_offsets(np.array([a["category_id"] for a in anns]), scores)
+    assert len(off) > 1 and max(abs(v) for v in off.values()) > 1e-3
+    for a, s in zip(anns, scores):
+        want = own[a["id"]]["score"] if np.isnan(s) else round(float(np.clip(s + off[a["category_id"]], 0, 1)), 4)
+        assert a["score"] == want and {**a, "score": 0} == {**own[a["id"]], "score": 0}
+
+
+def test_merge_refuses_a_work_dir_of_another_format(scenes, tmp_path):
+    images, _, boxes = scenes
+    out, work = tmp_path / "out.json", tmp_path / "work"
+    label_with_engine(build_engine("box"), images, boxes, out, num_workers=0, progress=False, work_dir=work,
+                      shard="0/2")
+    job = json.loads((work / "job.json").read_text())
+    (work / "job.json").write_text(json.dumps({**job, "format": 1}))
+    data = load_boxes(boxes, images)
+    with pytest.raises(PartsError, match="work dir format 1.*label again"):
+        open_for_merge(work, data.groups, data.input_sha256)
 
 
 # --------------------------------------------------------------------------- processes

@@ -17,7 +17,7 @@ from .plan import ChunkPlan
 from .store import ChunkStore, PartsError
 
 JOB_FILE = "job.json"
-FORMAT = 1
+FORMAT = 2  # 2: chunk headers carry category ids and scores (the merge pools scores)
 
 
 def job_manifest(data: BoxDataset, labeler_identity: dict, shards: int, chunk_images: int) -> dict:
@@ -70,6 +70,9 @@ def open_for_merge(work_dir: str | Path, groups: list[ImageGroup], input_sha256:
     if job.get("input_sha256") != input_sha256:
         raise PartsError(f"{work_dir} was labeled from a different annotations file "
                          f"({job.get('input')}); merge with that file")
+    if job.get("format") != FORMAT:
+        raise PartsError(f"{work_dir} was written by another version of mal (work dir format "
+                         f"{job.get('format')}, this one reads {FORMAT}); label again with this one")
     return ChunkStore(work_dir, ChunkPlan(groups, job["shards"], job["chunk_images"]))
 
 

@@ -40,11 +40,37 @@ class MergeResult:
         return self.outcome is MergeOutcome.WRITTEN
 
 
+def category_offsets(category_ids: np.ndarray, scores: np.ndarray) -> dict:
+    """``{category id: its boxes' mean score - every box's mean score}``, the shift :func:`merge_chunks`
+    adds to each score; NaN scores (fallback masks, scored by their peak probability) are left out.
+
+    Why: the IoU heads see one box and not its class; their scores spread within a class but are
+    compressed across classes, so a class whose masks are mostly poor (chairs, dining tables) still
+    scores near the rest. Adding the class's own mean offset ranks the job's masks better across classes
+    (BENCHMARKS.md, Confidence). Within a class the order, and so COCO AP, is unchanged; with one class
+    every offset is 0 and the scores are the heads' own."""
+    ok = ~np.isnan(scores)
+    cats, inverse = np.unique(category_ids[ok], return_inverse=True)
+    if len(cats) < 2:
+        return {}
+    scores = scores[ok]
+    means = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+    return {int(c): float(m - scores.mean()) for c, m in zip(cats, means)}
+
+
+def pooled_line(line: bytes, offset: float) -> bytes:
+    """An annotation line of a chunk with ``offset`` added to its score (clipped to [0, 1])."""
+    ann = json.loads(line)
+    ann["score"] = round(float(np.clip(ann["score"] + offset, 0.0, 1.0)), 4)
+    return json.dumps(ann).encode()
+
+
 def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
     """Write ``coco`` with its annotations replaced by the chunks' (input order; annotations of
-    skipped images left out) to ``out``, atomically. Annotations are copied as raw lines from the
-    chunk files, located through arrays of (file, offset, length) per input annotation, so memory
-    stays small whatever the size of the job."""
+    skipped images left out) to ``out``, atomically, each score shifted by its category's offset
+    (:func:`category_offsets`). Annotations are copied as lines from the chunk files, located through
+    arrays of (file, offset, length) per input annotation, so memory stays small whatever the size of
+    the job."""
     plan = store.plan
     missing = store.missing()
     if missing:
@@ -58,6 +84,8 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
     where = np.full(len(anns), -1, dtype=np.int64)  # chunk file number per input annotation
     offset = np.zeros(len(anns), dtype=np.int64)
     length = np.zeros(len(anns), dtype=np.int64)
+    category = np.zeros(len(anns), dtype=np.int64)
+    score = np.zeros(len(anns), dtype=np.float64)
     files: list[Path] = []
     totals = Totals()
     skipped_boxes = 0
@@ -80,12 +108,17 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
             where[pos] = len(files)
             offset[pos] = len(lines[0]) + 1 + np.cumsum(sizes + 1) - (sizes + 1)  # line starts
             length[pos] = sizes
+            category[pos] = header["category_ids"]
+            score[pos] = np.array(header["scores"], dtype=np.float64)  # null (a fallback) -> NaN
             files.append(path)
             totals.add(header)
             skipped_boxes += sum(s["boxes"] for s in header["skipped"])
     if int((where < 0).sum()) != skipped_boxes:
         raise PartsError(f"{store.dir}: {int((where < 0).sum()) - skipped_boxes} input annotations "
                          "have no result in any chunk")
+
+    done = where >= 0
+    offsets = category_offsets(category[done], score[done])
 
     # Keep the input's key order, with the annotations streamed in where they were.
     keys = list(coco)
@@ -96,10 +129,12 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
     tail = "]" + "".join(", " + s for s in after) + "}"
     with atomic_file(Path(out)) as f, _OpenFiles(files) as chunk_fd:
         f.write(head.encode())
-        for n, p in enumerate(np.flatnonzero(where >= 0)):
+        for n, p in enumerate(np.flatnonzero(done)):
             if n:
                 f.write(b", ")
-            f.write(os.pread(chunk_fd(int(where[p])), int(length[p]), int(offset[p])))
+            line = os.pread(chunk_fd(int(where[p])), int(length[p]), int(offset[p]))
+            pooled = offsets and not np.isnan(score[p])  # a fallback keeps its own low score
+            f.write(pooled_line(line, offsets.get(int(category[p]), 0.0)) if pooled else line)
         f.write(tail.encode())
     return totals
 
