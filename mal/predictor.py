@@ -200,7 +200,9 @@ class MaskPredictor:
     With the trained labeler's view "image" the image is encoded once in :meth:`set_image` and every
     :meth:`predict` decodes on that embedding (as SAM's predictor does). ``device``, ``precision``,
     ``batch_size``, ``threshold``, ``expand`` (default: the model's ``label_expand``) and ``tta`` mean what
-    they mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit.
+    they mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit,
+    and the scores those it writes before it shifts them by their category's offset (it sees the whole job:
+    :func:`mal.labeling.merge.category_offsets`).
     """
 
     def __init__(self, model, *, device: str = "auto", precision: str = "auto", batch_size: int = 16,

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import TINY_KV
 
-from mal.labeling.merge import MergeOutcome, MergeResult, category_offsets, merge_and_clean
+from mal.labeling.merge import MergeOutcome, MergeResult, category_offsets, logit, merge_and_clean, shifted_score
 from mal.labeling.plan import parse_shard
 from mal.labeling.store import PartsError
 from mal.cli import main
@@ -214,14 +214,21 @@ def test_category_offsets_known_answer():
     cats = np.array([1, 1, 2, 2, 2, 3])
     scores = np.array([0.9, 0.7, 0.5, 0.6, np.nan, 0.4])  # the NaN (a fallback) counts nowhere
     off = category_offsets(cats, scores)
-    mean = (0.9 + 0.7 + 0.5 + 0.6 + 0.4) / 5
+    z = np.log(np.array([0.9, 0.7, 0.5, 0.6, 0.4]) / (1 - np.array([0.9, 0.7, 0.5, 0.6, 0.4])))
     assert off.keys() == {1, 2, 3}
-    assert np.allclose([off[1], off[2], off[3]], [0.8 - mean, 0.55 - mean, 0.4 - mean])
+    assert np.allclose([off[1], off[2], off[3]], [z[:2].mean() - z.mean(), z[2:4].mean() - z.mean(), z[4] - z.mean()])
     assert category_offsets(np.array([7, 7, 7]), np.array([0.2, 0.9, 0.5])) == {}  # one class: own scores
     assert category_offsets(np.array([1, 2]), np.array([0.5, np.nan])) == {}  # one class with a score
+    # The shift keeps scores in (0, 1) and their order: 1.0 and 0.0 stay apart from their neighbours.
+    s = np.array([0.0, 0.0001, 0.5, 0.9999, 1.0])
+    for o in (-3.0, 0.0, 3.0):
+        shifted = [shifted_score(v, o) for v in s]
+        assert all(0 <= v <= 1 for v in shifted) and shifted == sorted(shifted)
+    assert shifted_score(0.5, 0.0) == 0.5 and shifted_score(0.5, np.log(3)) == 0.75
+    assert np.isclose(logit(0.75), np.log(3))
 
 
-def test_merged_scores_are_pooled_by_category_and_fallbacks_keep_theirs(scenes, model, tmp_path):
+def test_merged_scores_are_shifted_by_category_and_fallbacks_keep_theirs(scenes, model, tmp_path):
     images, _, boxes = scenes
     out, work = tmp_path / "out.json", tmp_path / "work"
     label(model, images, boxes, out, num_workers=0, progress=False, work_dir=work, keep_parts=True)
@@ -232,7 +239,7 @@ def test_merged_scores_are_pooled_by_category_and_fallbacks_keep_theirs(scenes, 
     off = category_offsets(np.array([a["category_id"] for a in anns]), scores)
     assert len(off) > 1 and max(abs(v) for v in off.values()) > 1e-3
     for a, s in zip(anns, scores):
-        want = own[a["id"]]["score"] if np.isnan(s) else round(float(np.clip(s + off[a["category_id"]], 0, 1)), 4)
+        want = own[a["id"]]["score"] if np.isnan(s) else shifted_score(s, off[a["category_id"]])
         assert a["score"] == want and {**a, "score": 0} == {**own[a["id"]], "score": 0}
 
 

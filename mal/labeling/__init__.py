@@ -10,7 +10,8 @@ The modules, top to bottom (each imports only modules below it; the way of ``mal
 - :mod:`.labelers`: the trained model or an engine as the loop's ``ImageLabeler``, and its identity;
 - :mod:`.record`: one output annotation (RLE, true area, score, fallback flag);
 - :mod:`.loop`: one shard's images through a labeler into chunks, then the merge; :class:`~.loop.LabelSummary`;
-- :mod:`.merge`: every chunk into the output file, under ``merge.lock``;
+- :mod:`.merge`: every chunk into the output file, under ``merge.lock``, each score shifted by its
+  category's offset;
 - :mod:`.manifest`: ``job.json``, and opening a work dir for labeling or merging;
 - :mod:`.store`: the chunk files of a work dir;
 - :mod:`.plan`: which images each chunk of each shard holds, and ``--shard i/N``.
@@ -23,7 +24,8 @@ The words, used with these meanings only:
 - **shard**: one of the N slices of a job's images, each labeled by one process (``--shard i/N``).
 - **chunk**: up to K consecutive images of one shard (``--chunk-images K``), and the one file that
   holds their results.
-- **merge**: writing the output file from every chunk of every shard, once all are written.
+- **merge**: writing the output file from every chunk of every shard, once all are written (the scores are
+  shifted by category then: it needs every box of the job).
 
 Work dir::
 

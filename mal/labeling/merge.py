@@ -40,28 +40,39 @@ class MergeResult:
         return self.outcome is MergeOutcome.WRITTEN
 
 
+def logit(scores):
+    """log(s / (1 - s)), the scores clipped to [1e-4, 1 - 1e-4] (they are written to 4 decimals)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 1e-4, 1 - 1e-4)
+    return np.log(s / (1 - s))
+
+
 def category_offsets(category_ids: np.ndarray, scores: np.ndarray) -> dict:
-    """``{category id: its boxes' mean score - every box's mean score}``, the shift :func:`merge_chunks`
-    adds to each score; NaN scores (fallback masks, scored by their peak probability) are left out.
+    """``{category id: its boxes' mean score logit - every box's mean score logit}``, the shift
+    :func:`shifted_score` adds; NaN scores (fallback masks, scored by their peak probability) are left out.
 
     Why: the IoU heads see one box and not its class; their scores spread within a class but are
     compressed across classes, so a class whose masks are mostly poor (chairs, dining tables) still
     scores near the rest. Adding the class's own mean offset ranks the job's masks better across classes
-    (BENCHMARKS.md, Confidence). Within a class the order, and so COCO AP, is unchanged; with one class
-    every offset is 0 and the scores are the heads' own."""
+    (BENCHMARKS.md, Confidence). In logits the scores stay in (0, 1) unclipped, so the order within a
+    class, and COCO AP, is unchanged; with one class every offset is 0 and the scores are the heads' own."""
     ok = ~np.isnan(scores)
     cats, inverse = np.unique(category_ids[ok], return_inverse=True)
     if len(cats) < 2:
         return {}
-    scores = scores[ok]
-    means = np.bincount(inverse, weights=scores) / np.bincount(inverse)
-    return {int(c): float(m - scores.mean()) for c, m in zip(cats, means)}
+    z = logit(scores[ok])
+    means = np.bincount(inverse, weights=z) / np.bincount(inverse)
+    return {int(c): float(m - z.mean()) for c, m in zip(cats, means)}
 
 
-def pooled_line(line: bytes, offset: float) -> bytes:
-    """An annotation line of a chunk with ``offset`` added to its score (clipped to [0, 1])."""
+def shifted_score(score: float, offset: float) -> float:
+    """``score`` moved by ``offset`` in logits (:func:`category_offsets`), to 4 decimals."""
+    return round(float(1.0 / (1.0 + np.exp(-(logit(score) + offset)))), 4)
+
+
+def shifted_line(line: bytes, offset: float) -> bytes:
+    """An annotation line of a chunk with its score shifted by ``offset`` (:func:`shifted_score`)."""
     ann = json.loads(line)
-    ann["score"] = round(float(np.clip(ann["score"] + offset, 0.0, 1.0)), 4)
+    ann["score"] = shifted_score(ann["score"], offset)
     return json.dumps(ann).encode()
 
 
@@ -133,8 +144,8 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
             if n:
                 f.write(b", ")
             line = os.pread(chunk_fd(int(where[p])), int(length[p]), int(offset[p]))
-            pooled = offsets and not np.isnan(score[p])  # a fallback keeps its own low score
-            f.write(pooled_line(line, offsets.get(int(category[p]), 0.0)) if pooled else line)
+            shift = offsets and not np.isnan(score[p])  # a fallback keeps its own low score
+            f.write(shifted_line(line, offsets.get(int(category[p]), 0.0)) if shift else line)
         f.write(tail.encode())
     return totals
 
