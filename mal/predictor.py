@@ -197,8 +197,10 @@ class MaskPredictor:
     """Load a labeler (a trained :class:`MaskLabeler`) or an engine once; then, per image,
     :meth:`set_image` and :meth:`predict` any number of box sets.
 
-    With the trained labeler's view "image" the image is encoded once in :meth:`set_image` and every
-    :meth:`predict` decodes on that embedding (as SAM's predictor does). ``device``, ``precision``,
+    With the trained labeler's view "image" each frame of the image is encoded once and every
+    :meth:`predict` decodes on those embeddings (as SAM's predictor does): the whole image in
+    :meth:`set_image`, or, with zoomed tiles (``box_frame`` > 0, the sam recipe), each tile at the first
+    :meth:`predict` whose boxes need it. ``device``, ``precision``,
     ``batch_size``, ``threshold``, ``expand`` (default: the model's ``label_expand``) and ``tta`` mean what
     they mean for ``mal label``; with ``precision="32"`` the masks are those ``mal label`` writes, bit for bit,
     and the scores those it writes before it shifts them by their category's offset (it sees the whole job:
@@ -219,7 +221,7 @@ class MaskPredictor:
             self.expand = self.model.config.label_expand if expand is None else expand
         self.image: np.ndarray | None = None
         self.fallbacks: list[str | None] = []  # per box of the last predict(): None, "relative_threshold", "box"
-        self._feats = None
+        self._frame_feats: dict[tuple, torch.Tensor] = {}  # (mirrored?, frame) -> its crop's features
 
     @classmethod
     def from_run(cls, run, **kwargs) -> "MaskPredictor":
@@ -230,13 +232,11 @@ class MaskPredictor:
     def set_image(self, image) -> None:
         """The image the next :meth:`predict` calls label (see :func:`mal.data.images.as_rgb`)."""
         self.image = as_rgb(image)
-        self._feats = None
+        self._frame_feats = {}
         if self.model is not None and self.model.config.view == "image" and self.model.config.box_frame <= 0:
-            H, W = self.image.shape[:2]  # every box shares the image's frame: encode it once
-            frame = labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
-                                   self.expand, "image", mirror=self.tta)
-            crops = torch.cat([frame["crops"], frame["mirror"]["crops"]]) if self.tta else frame["crops"]
-            self._feats = embed_crops(self.model, crops, self.device, self.precision, self.batch_size)
+            H, W = self.image.shape[:2]  # every box shares the image's frame: encode it now
+            self._features(labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
+                                          self.expand, "image", mirror=self.tta))
 
     def predict(self, boxes_xyxy) -> tuple[np.ndarray, np.ndarray]:
         """boxes (N, 4) x0, y0, x1, y1 in image pixels -> masks (N, H, W) bool, scores (N,) in [0, 1].
@@ -257,5 +257,17 @@ class MaskPredictor:
             return engine_masks(self.engine, self.image, boxes)
         cfg = self.model.config
         item = labeling_crops(self.image, boxes, cfg.crop_size, self.expand, cfg.view, cfg.box_frame, self.tta)
-        return item_masks(self.model, [item], self.device, self.precision, self.batch_size, self.threshold,
-                          self._feats)
+        feats = self._features(item) if cfg.view == "image" else None  # view crop: a crop per box
+        return item_masks(self.model, [item], self.device, self.precision, self.batch_size, self.threshold, feats)
+
+    def _features(self, item: dict) -> torch.Tensor:
+        """The features of ``item``'s crops, then of its mirror's: those of frames seen before from the
+        cache, the others encoded (in one batch) and kept until the next :meth:`set_image`."""
+        parts = [(False, item)] + ([(True, item["mirror"])] if "mirror" in item else [])
+        keys = [(m, tuple(int(v) for v in f)) for m, it in parts for f in it["frames"]]
+        crops = torch.cat([it["crops"] for _, it in parts])
+        new = [i for i, k in enumerate(keys) if k not in self._frame_feats]
+        if new:
+            feats = embed_crops(self.model, crops[new], self.device, self.precision, self.batch_size)
+            self._frame_feats.update((keys[i], f) for i, f in zip(new, feats))
+        return torch.stack([self._frame_feats[k] for k in keys])

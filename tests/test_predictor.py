@@ -140,3 +140,39 @@ def test_mirror_average_keeps_an_edge_column_that_only_the_box_covers():
     doubtful = np.full((4, 4), 0.2, np.float32)  # the mirror disagrees: the average decides
     mask, _, _ = to_mask(sure, window, box, 8, 10, 0.55, None, None, (doubtful, mirror_window, None))
     assert mask[:, 3:6].sum() == 0 and mask[1:5, 2].all()  # 0.5 inside both; 0.8 alone on column 2
+
+
+@pytest.mark.parametrize("pad", [0, 37])
+def test_each_frame_is_encoded_once_per_image(scenes, tmp_path, pad):
+    """With zoomed tiles on (box_frame > 0, as the sam recipe) the frames depend on the boxes passed
+    together: the whole image (pad 0) or several tiles (small boxes in a large image, pad 37). Either way the
+    predictor's masks are mal label's, and a frame is encoded at the first predict that needs it and not
+    again until the next image."""
+    import torch
+    from conftest import TINY_SAM_IMAGE
+    from test_label import transformed_scenes
+    from mal.modeling.labeler import LabelerConfig, build_labeler
+    torch.manual_seed(0)
+    model = build_labeler(LabelerConfig(**dict(TINY_SAM_IMAGE, box_frame=32.0))).eval()
+    images, boxes = transformed_scenes(*scenes[::2], tmp_path / "padded", pad=pad)
+    label(model, images, boxes, tmp_path / "label.json", num_workers=0, progress=False, precision="32")
+    written = {a["id"]: a for a in json.loads((tmp_path / "label.json").read_text())["annotations"]}
+    coco = json.loads(boxes.read_text())
+    predictor = MaskPredictor(model, precision="32")
+    encoded = []
+    embed = model.embed
+    model.embed = lambda crops: encoded.append(len(crops)) or embed(crops)
+    first = coco["images"][0]
+    anns = _by_image(coco)[first["id"]]
+    xyxy = np.stack([xywh_to_xyxy(a["bbox"]) for a in anns])
+    predictor.set_image(read_rgb(images / first["file_name"]))
+    assert not encoded  # which frames: the boxes say
+    masks, _ = predictor.predict(xyxy)
+    frames = sum(encoded)
+    assert frames == 1 if pad == 0 else frames > 1  # the whole image, or tiles
+    for a, m in zip(anns, masks):
+        assert np.array_equal(m, decode_rle(written[a["id"]]["segmentation"])), a["id"]
+    assert np.array_equal(predictor.predict(xyxy)[0], masks) and sum(encoded) == frames  # nothing encoded
+    predictor.set_image(read_rgb(images / first["file_name"]))  # a new image: encoded again
+    predictor.predict(xyxy)
+    assert sum(encoded) == 2 * frames

@@ -142,8 +142,9 @@ class ImageCrops(Dataset):
 def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand: float, view: str,
                    box_frame: float = 0.0, mirror: bool = False) -> dict:
     """What a labeler decodes the boxes (N, 4) of an HxWx3 uint8 image on (see :class:`ImageCrops`):
-    ``crops`` (M, 3, S, S) uint8, ``crop_index`` (N,), ``windows`` (N, 4) int64 image pixels (view
-    image: each box's frame), ``boxes`` (N, 4) float32 crop pixels, and ``image_boxes`` (N, 4) and
+    ``crops`` (M, 3, S, S) uint8 and ``frames`` (M, 4) their windows in image pixels, ``crop_index`` (N,),
+    ``windows`` (N, 4) int64 image pixels (view image: each box's frame), ``boxes`` (N, 4) float32 crop
+    pixels, and ``image_boxes`` (N, 4) and
     ``image_size`` (H, W) for the paste-back. ``mirror``: also ``mirror``, the same for the image's
     left-right mirror and its mirrored boxes (:func:`~mal.data.crops.mirror_boxes`), for flip
     test-time augmentation. Used by ``mal label`` and by :class:`mal.predictor.MaskPredictor`."""
@@ -158,7 +159,7 @@ def labeling_crops(image: np.ndarray, boxes_xyxy: np.ndarray, size: int, expand:
         index = np.arange(len(boxes_xyxy))
     crops = np.stack([crop_and_resize(image, w, size) for w in frames])
     windows = frames[index]
-    return {**out, "crops": torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(),
+    return {**out, "crops": torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(), "frames": frames,
             "crop_index": torch.from_numpy(index), "windows": windows,
             "boxes": torch.from_numpy(np.stack([box_in_crop(b, w, size)
                                                 for b, w in zip(boxes_xyxy, windows)])).float()}
