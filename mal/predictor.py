@@ -16,6 +16,8 @@ images; engines go through
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import torch
 
@@ -29,6 +31,7 @@ from .modeling.load import is_labeler, load_labeler
 from .runtime import autocast, resolve_device, resolve_precision
 
 Result = tuple[np.ndarray, float, "str | None"]  # (HxW bool mask, score, fallback or None)
+FRAME_CACHE = 32  # MaskPredictor keeps the features of this many frames (SAM's: 4 MiB each in fp32)
 TTA_ENGINE_ERROR = ("tta (flip test-time augmentation) is for the trained labeler, not an engine "
                     "(build_engine('mal', model=RUN, tta=True) for the trained labeler as an engine)")
 
@@ -221,7 +224,7 @@ class MaskPredictor:
             self.expand = self.model.config.label_expand if expand is None else expand
         self.image: np.ndarray | None = None
         self.fallbacks: list[str | None] = []  # per box of the last predict(): None, "relative_threshold", "box"
-        self._frame_feats: dict[tuple, torch.Tensor] = {}  # (mirrored?, frame) -> its crop's features
+        self._frame_feats: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # (mirrored?, frame) -> features
 
     @classmethod
     def from_run(cls, run, **kwargs) -> "MaskPredictor":
@@ -232,7 +235,7 @@ class MaskPredictor:
     def set_image(self, image) -> None:
         """The image the next :meth:`predict` calls label (see :func:`mal.data.images.as_rgb`)."""
         self.image = as_rgb(image)
-        self._frame_feats = {}
+        self._frame_feats.clear()
         if self.model is not None and self.model.config.view == "image" and self.model.config.box_frame <= 0:
             H, W = self.image.shape[:2]  # every box shares the image's frame: encode it now
             self._features(labeling_crops(self.image, np.array([[0.0, 0.0, W, H]]), self.model.config.crop_size,
@@ -262,12 +265,19 @@ class MaskPredictor:
 
     def _features(self, item: dict) -> torch.Tensor:
         """The features of ``item``'s crops, then of its mirror's: those of frames seen before from the
-        cache, the others encoded (in one batch) and kept until the next :meth:`set_image`."""
+        cache, the others encoded (in one batch) and kept until the next :meth:`set_image`, the last
+        ``FRAME_CACHE`` frames used (one box at a time, each box may ask for a tile of its own)."""
         parts = [(False, item)] + ([(True, item["mirror"])] if "mirror" in item else [])
         keys = [(m, tuple(int(v) for v in f)) for m, it in parts for f in it["frames"]]
         crops = torch.cat([it["crops"] for _, it in parts])
-        new = [i for i, k in enumerate(keys) if k not in self._frame_feats]
+        found = {k: self._frame_feats[k] for k in keys if k in self._frame_feats}
+        new = [i for i, k in enumerate(keys) if k not in found]
         if new:
-            feats = embed_crops(self.model, crops[new], self.device, self.precision, self.batch_size)
-            self._frame_feats.update((keys[i], f) for i, f in zip(new, feats))
-        return torch.stack([self._frame_feats[k] for k in keys])
+            found.update(zip((keys[i] for i in new),
+                             embed_crops(self.model, crops[new], self.device, self.precision, self.batch_size)))
+        for k in keys:  # most recently used last; the oldest beyond the cap dropped
+            self._frame_feats[k] = found[k]
+            self._frame_feats.move_to_end(k)
+        while len(self._frame_feats) > FRAME_CACHE:
+            self._frame_feats.popitem(last=False)
+        return torch.stack([found[k] for k in keys])

@@ -219,12 +219,15 @@ def test_category_offsets_known_answer():
     assert np.allclose([off[1], off[2], off[3]], [z[:2].mean() - z.mean(), z[2:4].mean() - z.mean(), z[4] - z.mean()])
     assert category_offsets(np.array([7, 7, 7]), np.array([0.2, 0.9, 0.5])) == {}  # one class: own scores
     assert category_offsets(np.array([1, 2]), np.array([0.5, np.nan])) == {}  # one class with a score
-    # The shift keeps scores in (0, 1) and their order: 1.0 and 0.0 stay apart from their neighbours.
-    s = np.array([0.0, 0.0001, 0.5, 0.9999, 1.0])
-    for o in (-3.0, 0.0, 3.0):
+    assert category_offsets(np.array([1, 2, 2]), np.array([1.0, 1.0, 1.0])) == {}  # equal means: no shift
+    assert shifted_score(1.0, 0.0) == 1.0 and shifted_score(0.0, 0.0) == 0.0  # e.g. the box engine's 1
+    # The shift keeps scores inside [0, 1] and never reverses two (at 4 decimals, near 0 or 1 they may tie).
+    s = [0.0, 0.0001, 0.2, 0.5, 0.8, 0.9999, 1.0]
+    for o in (-3.0, -0.5, 0.5, 3.0):
         shifted = [shifted_score(v, o) for v in s]
         assert all(0 <= v <= 1 for v in shifted) and shifted == sorted(shifted)
-    assert shifted_score(0.5, 0.0) == 0.5 and shifted_score(0.5, np.log(3)) == 0.75
+        assert shifted[2] < shifted[3] < shifted[4]  # apart away from the ends
+    assert shifted_score(0.5, np.log(3)) == 0.75 and shifted_score(0.2, np.log(4)) == 0.5
     assert np.isclose(logit(0.75), np.log(3))
 
 
@@ -243,7 +246,7 @@ def test_merged_scores_are_shifted_by_category_and_fallbacks_keep_theirs(scenes,
         assert a["score"] == want and {**a, "score": 0} == {**own[a["id"]], "score": 0}
 
 
-def test_merge_refuses_a_work_dir_of_another_format(scenes, tmp_path):
+def test_a_work_dir_of_another_format_is_refused(scenes, tmp_path):
     images, _, boxes = scenes
     out, work = tmp_path / "out.json", tmp_path / "work"
     label_with_engine(build_engine("box"), images, boxes, out, num_workers=0, progress=False, work_dir=work,
@@ -251,8 +254,12 @@ def test_merge_refuses_a_work_dir_of_another_format(scenes, tmp_path):
     job = json.loads((work / "job.json").read_text())
     (work / "job.json").write_text(json.dumps({**job, "format": 1}))
     data = load_boxes(boxes, images)
-    with pytest.raises(PartsError, match="work dir format 1.*label again"):
+    with pytest.raises(PartsError, match="work dir format 1.*delete that folder and label again"):
         open_for_merge(work, data.groups, data.input_sha256)
+    with pytest.raises(PartsError, match="work dir format 1, this one writes 2.*delete that folder"):
+        label_with_engine(build_engine("box"), images, boxes, out, num_workers=0, progress=False, work_dir=work,
+                          shard="1/2", resume=True)
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- processes

@@ -142,23 +142,25 @@ def test_mirror_average_keeps_an_edge_column_that_only_the_box_covers():
     assert mask[:, 3:6].sum() == 0 and mask[1:5, 2].all()  # 0.5 inside both; 0.8 alone on column 2
 
 
-@pytest.mark.parametrize("pad", [0, 37])
-def test_each_frame_is_encoded_once_per_image(scenes, tmp_path, pad):
+@pytest.mark.parametrize("pad,tta", [(0, False), (37, False), (37, True)])
+def test_each_frame_is_encoded_once_per_image(scenes, tmp_path, monkeypatch, pad, tta):
     """With zoomed tiles on (box_frame > 0, as the sam recipe) the frames depend on the boxes passed
-    together: the whole image (pad 0) or several tiles (small boxes in a large image, pad 37). Either way the
-    predictor's masks are mal label's, and a frame is encoded at the first predict that needs it and not
-    again until the next image."""
+    together: the whole image (pad 0) or several tiles (small boxes in a large image, pad 37), and with
+    tta their mirrors. The predictor's masks are mal label's; a frame is encoded at the first predict
+    that needs it and not again until the next image, nor when only some of the frames are cached, nor
+    when the cache holds fewer frames than one call needs."""
     import torch
+    import mal.predictor
     from conftest import TINY_SAM_IMAGE
     from test_label import transformed_scenes
     from mal.modeling.labeler import LabelerConfig, build_labeler
     torch.manual_seed(0)
     model = build_labeler(LabelerConfig(**dict(TINY_SAM_IMAGE, box_frame=32.0))).eval()
     images, boxes = transformed_scenes(*scenes[::2], tmp_path / "padded", pad=pad)
-    label(model, images, boxes, tmp_path / "label.json", num_workers=0, progress=False, precision="32")
+    label(model, images, boxes, tmp_path / "label.json", num_workers=0, progress=False, precision="32", tta=tta)
     written = {a["id"]: a for a in json.loads((tmp_path / "label.json").read_text())["annotations"]}
     coco = json.loads(boxes.read_text())
-    predictor = MaskPredictor(model, precision="32")
+    predictor = MaskPredictor(model, precision="32", tta=tta)
     encoded = []
     embed = model.embed
     model.embed = lambda crops: encoded.append(len(crops)) or embed(crops)
@@ -169,10 +171,15 @@ def test_each_frame_is_encoded_once_per_image(scenes, tmp_path, pad):
     assert not encoded  # which frames: the boxes say
     masks, _ = predictor.predict(xyxy)
     frames = sum(encoded)
-    assert frames == 1 if pad == 0 else frames > 1  # the whole image, or tiles
+    assert frames == (1 + tta if pad == 0 else (2 + 2 * tta))  # the whole image, or tiles (and mirrors)
     for a, m in zip(anns, masks):
         assert np.array_equal(m, decode_rle(written[a["id"]]["segmentation"])), a["id"]
     assert np.array_equal(predictor.predict(xyxy)[0], masks) and sum(encoded) == frames  # nothing encoded
-    predictor.set_image(read_rgb(images / first["file_name"]))  # a new image: encoded again
+    predictor._frame_feats.popitem(last=False)  # one frame forgotten: only it is encoded again
+    assert np.array_equal(predictor.predict(xyxy)[0], masks) and sum(encoded) == frames + 1
+    monkeypatch.setattr(mal.predictor, "FRAME_CACHE", 1)  # fewer than a call needs: still right
+    assert np.array_equal(predictor.predict(xyxy)[0], masks) and len(predictor._frame_feats) == 1
+    predictor.set_image(read_rgb(images / first["file_name"]))  # a new image: all encoded again
+    before = sum(encoded)
     predictor.predict(xyxy)
-    assert sum(encoded) == 2 * frames
+    assert sum(encoded) - before == frames

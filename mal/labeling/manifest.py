@@ -42,6 +42,10 @@ def open_for_labeling(work_dir: str | Path, plan: ChunkPlan, job: dict, shard: i
     a work dir made for another job, and one where this shard already has chunks unless ``resume``."""
     store = ChunkStore(work_dir, plan)
     found = read_job(store.dir)
+    if found is not None and found.get("format") != job["format"]:
+        raise PartsError(f"{store.dir} was written by another version of mal (work dir format "
+                         f"{found.get('format')}, this one writes {job['format']}): delete that folder "
+                         "(or pick another --work-dir) and label again")
     if found is not None and _differences(found, job):
         raise PartsError(f"{store.dir} holds the parts of a different labeling job "
                          f"({'; '.join(_differences(found, job))}). Run the same job as before "
@@ -72,7 +76,7 @@ def open_for_merge(work_dir: str | Path, groups: list[ImageGroup], input_sha256:
                          f"({job.get('input')}); merge with that file")
     if job.get("format") != FORMAT:
         raise PartsError(f"{work_dir} was written by another version of mal (work dir format "
-                         f"{job.get('format')}, this one reads {FORMAT}); label again with this one")
+                         f"{job.get('format')}, this one reads {FORMAT}): delete that folder and label again")
     return ChunkStore(work_dir, ChunkPlan(groups, job["shards"], job["chunk_images"]))
 
 

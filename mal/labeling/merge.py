@@ -53,19 +53,24 @@ def category_offsets(category_ids: np.ndarray, scores: np.ndarray) -> dict:
     Why: the IoU heads see one box and not its class; their scores spread within a class but are
     compressed across classes, so a class whose masks are mostly poor (chairs, dining tables) still
     scores near the rest. Adding the class's own mean offset ranks the job's masks better across classes
-    (BENCHMARKS.md, Confidence). In logits the scores stay in (0, 1) unclipped, so the order within a
-    class, and COCO AP, is unchanged; with one class every offset is 0 and the scores are the heads' own."""
+    (BENCHMARKS.md, Confidence). In logits the scores stay inside [0, 1] without clipping, so the order
+    within a class is never reversed (scores are written to 4 decimals: near 0 or 1 two may come to tie),
+    and COCO AP stays as it was. With one class, or classes of equal means, there is no offset ({}): the
+    scores are the heads' own."""
     ok = ~np.isnan(scores)
     cats, inverse = np.unique(category_ids[ok], return_inverse=True)
     if len(cats) < 2:
         return {}
     z = logit(scores[ok])
     means = np.bincount(inverse, weights=z) / np.bincount(inverse)
-    return {int(c): float(m - z.mean()) for c, m in zip(cats, means)}
+    offsets = {int(c): float(m - z.mean()) for c, m in zip(cats, means)}
+    return offsets if max(abs(v) for v in offsets.values()) > 1e-9 else {}
 
 
 def shifted_score(score: float, offset: float) -> float:
     """``score`` moved by ``offset`` in logits (:func:`category_offsets`), to 4 decimals."""
+    if offset == 0:  # a category at the mean keeps its scores, 0 and 1 included
+        return score
     return round(float(1.0 / (1.0 + np.exp(-(logit(score) + offset)))), 4)
 
 
