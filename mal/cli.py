@@ -125,7 +125,8 @@ def _label(a) -> None:
         labeler = build_engine(a.engine, **kwargs)
     print(label(labeler, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
                 precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
-                skip_bad_images=a.skip_bad_images, strict=a.strict, tta=a.tta, **chunked))
+                skip_bad_images=a.skip_bad_images, strict=a.strict, tta=a.tta, keep_masks=a.keep_masks,
+                **chunked))
 
 
 def _export_onnx(a) -> None:
@@ -338,6 +339,10 @@ def add_label_parser(subparsers) -> None:
                     help="images per durable chunk: a killed run loses at most one chunk per shard")
     lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
     lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
+    lb.add_argument("--keep-masks", type=Path, metavar="FILE",
+                    help="COCO file of masks people drew or corrected for some of the boxes (e.g. `mal import`'s "
+                         "output, matched as mal train --masks matches them): those boxes keep them, scored 1 and "
+                         "marked mal_human, instead of the labeler's masks")
     lb.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")

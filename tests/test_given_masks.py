@@ -57,7 +57,7 @@ def test_masks_file_is_matched_by_id_and_box(data):
 
 
 @pytest.mark.parametrize("change, expected", [
-    (dict(a2=lambda a: a.update(id=999)), "annotation 999 is not a training box"),
+    (dict(a2=lambda a: a.update(id=999)), "annotation 999 is not a box of"),
     (dict(a2=lambda a: a.update(bbox=[0, 0, 5, 5])), "annotation 2 has box [0, 0, 5, 5] but"),
     (dict(a2=lambda a: a.update(image_id=5)), "annotation 2 is on image 5"),
     (dict(a2=lambda a: a["segmentation"].update(size=[10, 10])), "annotation 2 in <masks dict>: RLE size [10, 10]"),
@@ -175,7 +175,7 @@ def test_train_with_masks_cli_and_resume_checks_the_masks(scenes, tmp_path, caps
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     rc = main(base[:6] + [str(tmp_path / "run2")] + base[7:] + ["--max-steps", "1", "--masks", str(tmp_path / "bad.json")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and "annotation 77 is not a training box" in err[-1] and not (tmp_path / "run2").exists()
+    assert rc == 2 and "annotation 77 is not a box of" in err[-1] and not (tmp_path / "run2").exists()
 
 
 def test_resume_check_compares_masks_and_skips_settings_newer_than_the_checkpoint(tmp_path):

@@ -1,6 +1,7 @@
 """Labeling loop: batching across images, bad images, output contract (tiny random model)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_KV
@@ -35,6 +36,44 @@ def test_input_segmentation_is_ignored(scenes, model, tmp_path):
     a = json.loads((tmp_path / "from_gt.json").read_text())["annotations"]
     b = json.loads((tmp_path / "from_boxes.json").read_text())["annotations"]
     assert [x["segmentation"] for x in a] == [x["segmentation"] for x in b]
+
+
+def test_kept_masks_replace_the_labelers_verbatim(scenes, model, tmp_path):
+    """mal label --keep-masks: the boxes with a person's mask get it (score 1, mal_human), the others
+    the labeler's mask as without it; the job's manifest holds the file, so a resume with another is
+    refused; a mask for no box stops before any output."""
+    from mal.coco_masks import decode_rle
+    from mal.errors import MalError
+    from mal.labeling.store import PartsError
+    images, gt, boxes = scenes
+    people = json.loads(gt.read_text())
+    people["annotations"] = people["annotations"][1::3]
+    kept_ids = {a["id"] for a in people["annotations"]}
+    label(model, images, boxes, tmp_path / "plain.json", num_workers=0, progress=False, precision="32")
+    label(model, images, boxes, tmp_path / "kept.json", num_workers=0, progress=False, precision="32",
+          keep_masks=people)
+    plain = {a["id"]: a for a in json.loads((tmp_path / "plain.json").read_text())["annotations"]}
+    kept = {a["id"]: a for a in json.loads((tmp_path / "kept.json").read_text())["annotations"]}
+    assert kept.keys() == plain.keys() and 0 < len(kept_ids) < len(kept)
+    for a in people["annotations"]:
+        k = kept[a["id"]]
+        assert np.array_equal(decode_rle(k["segmentation"]), decode_rle(a["segmentation"]))
+        assert k["score"] == 1.0 and k["mal_human"] is True and "mal_fallback" not in k
+        assert k["area"] == int(decode_rle(a["segmentation"]).sum())
+        assert k["segmentation"] != plain[a["id"]]["segmentation"]  # the random model's mask was another
+    for i in kept.keys() - kept_ids:
+        assert kept[i]["segmentation"] == plain[i]["segmentation"] and "mal_human" not in kept[i]
+    # Another file of kept masks is another job: its work dir is not resumed.
+    work = tmp_path / "work"
+    kw = dict(num_workers=0, progress=False, work_dir=work, chunk_images=2)
+    label(model, images, boxes, tmp_path / "a.json", shard="0/2", keep_masks=people, **kw)
+    other = {**people, "annotations": people["annotations"][:1]}
+    with pytest.raises(PartsError, match="labeler .* differs"):
+        label(model, images, boxes, tmp_path / "a.json", shard="1/2", keep_masks=other, **kw)
+    bad = {**people, "annotations": [{**people["annotations"][0], "id": 999}]}
+    with pytest.raises(MalError, match="annotation 999 is not a box of"):
+        label(model, images, boxes, tmp_path / "bad.json", num_workers=0, progress=False, keep_masks=bad)
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_corrupt_image_stops_cleanly_or_is_skipped(scenes, model, tmp_path):

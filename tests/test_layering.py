@@ -120,7 +120,7 @@ def test_lower_layers_do_not_import_upper_ones(lower, upper):
 
 
 # mal.labeling's modules, top to bottom: the way of `mal label` from the entry to the merged file.
-LABELING = ["label", "labelers", "record", "loop", "merge", "manifest", "store", "plan"]
+LABELING = ["label", "labelers", "loop", "record", "merge", "manifest", "store", "plan"]
 
 
 def test_labeling_modules_import_only_those_below_them():

@@ -51,8 +51,8 @@ def load_given_masks(src: str | os.PathLike | dict, data: BoxDataset, *, reviewe
             continue
         r = boxes.get(aid)
         if r is None:
-            raise MalError(f"{name}: annotation {aid} is not a training box of {data.source} "
-                           "(unknown id, or a crowd region)")
+            raise MalError(f"{name}: annotation {aid} is not a box of {data.source} "
+                           "(an unknown id, or a crowd region, which mal train leaves out)")
         if aid in rles:
             raise MalError(f"{name}: annotation {aid} appears twice")
         if a.get("image_id") != r.image_id:
@@ -69,7 +69,7 @@ def load_given_masks(src: str | os.PathLike | dict, data: BoxDataset, *, reviewe
             raise MalError(f"{name}: annotation {aid}: cannot decode its RLE: {e}") from e
     if not rles:
         which = " marked mal_reviewed: true" if reviewed_only else ""
-        raise MalError(f"{name}: no masks{which} to train on")
+        raise MalError(f"{name}: no masks{which} in it")
     return GivenMasks(rles, name, dict_sha256(coco), reviewed_only)
 
 

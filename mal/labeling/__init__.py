@@ -8,8 +8,8 @@ The modules, top to bottom (each imports only modules below it; the way of ``mal
 - :mod:`.label`: the entry: :func:`~.label.label` (``mal label``, :func:`mal.api.label`, and every
   engine through :func:`mal.engines.label_with_engine`) and :func:`~.label.merge` (``mal merge``);
 - :mod:`.labelers`: the trained model or an engine as the loop's ``ImageLabeler``, and its identity;
-- :mod:`.record`: one output annotation (RLE, true area, score, fallback flag);
 - :mod:`.loop`: one shard's images through a labeler into chunks, then the merge; :class:`~.loop.LabelSummary`;
+- :mod:`.record`: one output annotation (RLE, true area, score, fallback flag, or a person's mask);
 - :mod:`.merge`: every chunk into the output file, under ``merge.lock``, each score shifted by its
   category's offset;
 - :mod:`.manifest`: ``job.json``, and opening a work dir for labeling or merging;

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from ..data.coco import load_boxes
+from ..data.given_masks import load_given_masks
 from ..errors import MalError
 from ..modeling.labeler import MaskLabeler
 from ..predictor import TTA_ENGINE_ERROR
@@ -35,7 +36,8 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
           skip_bad_images: bool = False, progress: bool = True,
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
-          keep_parts: bool = False, strict: bool = False, tta: bool = False) -> LabelSummary:
+          keep_parts: bool = False, strict: bool = False, tta: bool = False,
+          keep_masks: str | Path | dict | None = None) -> LabelSummary:
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     ``model``: the trained labeler (a :class:`~mal.modeling.labeler.MaskLabeler`, its ONNX export, or
@@ -48,11 +50,14 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     every skip or fallback on bad input (a clipped box, an image whose COCO size is its stored,
     un-rotated size) is an error. ``tta`` (trained labeler only): also decode each image's left-right
     mirror and average the two probabilities; about twice the time, for slightly better masks
-    (BENCHMARKS.md).
+    (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict) of masks people drew or corrected for some of
+    the boxes (matched as ``mal train --masks`` matches them, e.g. ``mal import``'s output): those boxes
+    get that mask, scored 1 and marked ``mal_human``, instead of the labeler's.
     """
     if tta and is_engine(model):
         raise LabelError(TTA_ENGINE_ERROR)
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
+    kept = None if keep_masks is None else load_given_masks(keep_masks, data)
     if is_engine(model):
         labeler = EngineLabeler(model, data)
     else:
@@ -60,7 +65,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
                                     threshold=threshold, expand=expand, tta=tta)
     return label_in_chunks(labeler, data, out, num_workers=num_workers, skip_bad_images=skip_bad_images,
                            progress=progress, shard=shard, resume=resume, work_dir=work_dir,
-                           chunk_images=chunk_images, keep_parts=keep_parts)
+                           chunk_images=chunk_images, keep_parts=keep_parts, keep_masks=kept)
 
 
 def merge(annotations: str | Path | dict, out: str | Path, *, work_dir: str | Path | None = None,

@@ -17,11 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.coco import BoxDataset, ImageGroup
 from ..data.dataset import collate_single
+from ..data.given_masks import GivenMasks
 from ..errors import MalError
 from ..progress import progress as progress_bar
 from .manifest import job_manifest, open_for_labeling
 from .merge import MergeOutcome, merge_and_clean
 from .plan import ChunkPlan, parse_shard
+from .record import human_annotation
 
 log = logging.getLogger("mal")
 
@@ -92,7 +94,7 @@ def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *,
                     skip_bad_images: bool = False, progress: bool = True,
                     shard: str | tuple[int, int] | None = None, resume: bool = False,
                     work_dir: str | Path | None = None, chunk_images: int = 64,
-                    keep_parts: bool = False) -> LabelSummary:
+                    keep_parts: bool = False, keep_masks: GivenMasks | None = None) -> LabelSummary:
     """Label shard ``shard`` (``"i/N"``, ``(i, N)``, or None: torchrun's RANK/WORLD_SIZE or the
     whole job) of ``data`` into chunks of ``chunk_images`` images in ``work_dir`` (default
     ``<out>.parts``), then, if every shard is done, merge them into ``out`` and remove the work
@@ -108,7 +110,8 @@ def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *,
     i, n = parse_shard(shard)
     work_dir = Path(work_dir) if work_dir is not None else Path(str(out) + ".parts")
     plan = ChunkPlan(data.groups, n, chunk_images)
-    store = open_for_labeling(work_dir, plan, job_manifest(data, labeler.identity, n, chunk_images), i, resume)
+    identity = labeler.identity if keep_masks is None else {**labeler.identity, "kept_masks": keep_masks.identity()}
+    store = open_for_labeling(work_dir, plan, job_manifest(data, identity, n, chunk_images), i, resume)
     chunks = plan.chunks(i)
     todo = store.todo(i)
     boxes = [sum(len(records) for _, records in chunk) for chunk in chunks]
@@ -137,6 +140,8 @@ def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *,
             done = labeler.flush()
             anns += done
             pbar.update(len(done))
+            if keep_masks is not None:  # people's masks replace the labeler's, verbatim
+                anns = [a if (m := keep_masks.decode(a["id"])) is None else human_annotation(a, m) for a in anns]
             store.write_chunk(i, k, anns, skipped)
             new_boxes, kept = new_boxes + len(anns), kept + 1
     except BaseException:

@@ -48,7 +48,8 @@ def logit(scores):
 
 def category_offsets(category_ids: np.ndarray, scores: np.ndarray) -> dict:
     """``{category id: its boxes' mean score logit - every box's mean score logit}``, the shift
-    :func:`shifted_score` adds; NaN scores (fallback masks, scored by their peak probability) are left out.
+    :func:`shifted_score` adds; NaN scores (fallback masks, scored by their peak probability, and
+    people's masks) are left out.
 
     Why: the IoU heads see one box and not its class; their scores spread within a class but are
     compressed across classes, so a class whose masks are mostly poor (chairs, dining tables) still
@@ -149,7 +150,7 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
             if n:
                 f.write(b", ")
             line = os.pread(chunk_fd(int(where[p])), int(length[p]), int(offset[p]))
-            shift = offsets and not np.isnan(score[p])  # a fallback keeps its own low score
+            shift = offsets and not np.isnan(score[p])  # a fallback or a person's mask keeps its score
             f.write(shifted_line(line, offsets.get(int(category[p]), 0.0)) if shift else line)
         f.write(tail.encode())
     return totals

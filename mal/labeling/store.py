@@ -7,7 +7,7 @@ complete or absent, and its presence means all its images are done.
 Chunk file, JSON lines. Line 1, the header: ``shard``, ``shards``, ``chunk``, ``image_ids`` (every
 image of the chunk), ``skipped`` (``[{"image_id", "boxes", "error"}]``, images that could not be
 read), ``ann_ids``, ``category_ids`` and ``scores`` (one each per following line; the score null for a
-fallback mask) and ``fallbacks``.
+fallback mask or a person's) and ``fallbacks``.
 Then one output annotation per line.
 """
 from __future__ import annotations
@@ -73,7 +73,7 @@ class ChunkStore:
         header = {"shard": shard, "shards": self.plan.shards, "chunk": k, "image_ids": image_ids,
                   "skipped": skipped, "ann_ids": [a["id"] for a in annotations],
                   "category_ids": [a["category_id"] for a in annotations],
-                  "scores": [None if "mal_fallback" in a else a["score"] for a in annotations],
+                  "scores": [None if "mal_fallback" in a or "mal_human" in a else a["score"] for a in annotations],
                   "fallbacks": sum("mal_fallback" in a for a in annotations)}
         with atomic_file(self.chunk_path(shard, k)) as f:
             f.write(json.dumps(header).encode() + b"\n")
