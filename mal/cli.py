@@ -126,7 +126,7 @@ def _label(a) -> None:
     print(label(labeler, a.images, a.annotations, a.out, batch_size=a.batch_size, device=a.device,
                 precision=a.precision, threshold=a.threshold, num_workers=a.num_workers,
                 skip_bad_images=a.skip_bad_images, strict=a.strict, tta=a.tta, keep_masks=a.keep_masks,
-                **chunked))
+                keep_reviewed_only=a.keep_reviewed_only, **chunked))
 
 
 def _export_onnx(a) -> None:
@@ -343,6 +343,8 @@ def add_label_parser(subparsers) -> None:
                     help="COCO file of masks people drew or corrected for some of the boxes (e.g. `mal import`'s "
                          "output, matched as mal train --masks matches them): those boxes keep them, scored 1 and "
                          "marked mal_human, instead of the labeler's masks")
+    lb.add_argument("--keep-reviewed-only", action="store_true",
+                    help="with --keep-masks: keep only the masks marked mal_reviewed: true (changed by a person)")
     lb.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")

@@ -51,7 +51,7 @@ def test_kept_masks_replace_the_labelers_verbatim(scenes, model, tmp_path):
     kept_ids = {a["id"] for a in people["annotations"]}
     label(model, images, boxes, tmp_path / "plain.json", num_workers=0, progress=False, precision="32")
     label(model, images, boxes, tmp_path / "kept.json", num_workers=0, progress=False, precision="32",
-          keep_masks=people)
+          keep_masks=people, work_dir=tmp_path / "kept.parts", keep_parts=True)
     plain = {a["id"]: a for a in json.loads((tmp_path / "plain.json").read_text())["annotations"]}
     kept = {a["id"]: a for a in json.loads((tmp_path / "kept.json").read_text())["annotations"]}
     assert kept.keys() == plain.keys() and 0 < len(kept_ids) < len(kept)
@@ -63,12 +63,23 @@ def test_kept_masks_replace_the_labelers_verbatim(scenes, model, tmp_path):
         assert k["segmentation"] != plain[a["id"]]["segmentation"]  # the random model's mask was another
     for i in kept.keys() - kept_ids:
         assert kept[i]["segmentation"] == plain[i]["segmentation"] and "mal_human" not in kept[i]
+    # People's masks sit out of the category shift: no score in the chunk headers, the merge leaves them.
+    headers = [json.loads(c.read_text().splitlines()[0]) for c in (tmp_path / "kept.parts").glob("shard-*/chunk-*")]
+    scores = {i: v for h in headers for i, v in zip(h["ann_ids"], h["scores"])}
+    assert scores.keys() == kept.keys() and all((scores[i] is None) == (i in kept_ids) for i in scores)
+    # Only the masks a person changed (mal import's mal_reviewed: true), when asked.
+    reviewed = {**people, "annotations": [{**a, "mal_reviewed": a is people["annotations"][0]}
+                                          for a in people["annotations"]]}
+    label(model, images, boxes, tmp_path / "reviewed.json", num_workers=0, progress=False, keep_masks=reviewed,
+          keep_reviewed_only=True)
+    human = [a["id"] for a in json.loads((tmp_path / "reviewed.json").read_text())["annotations"] if "mal_human" in a]
+    assert human == [people["annotations"][0]["id"]]
     # Another file of kept masks is another job: its work dir is not resumed.
     work = tmp_path / "work"
     kw = dict(num_workers=0, progress=False, work_dir=work, chunk_images=2)
     label(model, images, boxes, tmp_path / "a.json", shard="0/2", keep_masks=people, **kw)
     other = {**people, "annotations": people["annotations"][:1]}
-    with pytest.raises(PartsError, match="labeler .* differs"):
+    with pytest.raises(PartsError, match="--keep-masks file differs"):
         label(model, images, boxes, tmp_path / "a.json", shard="1/2", keep_masks=other, **kw)
     bad = {**people, "annotations": [{**people["annotations"][0], "id": 999}]}
     with pytest.raises(MalError, match="annotation 999 is not a box of"):

@@ -52,7 +52,7 @@ def load_given_masks(src: str | os.PathLike | dict, data: BoxDataset, *, reviewe
         r = boxes.get(aid)
         if r is None:
             raise MalError(f"{name}: annotation {aid} is not a box of {data.source} "
-                           "(an unknown id, or a crowd region, which mal train leaves out)")
+                           "(an unknown id, or, for mal train, a crowd region)")
         if aid in rles:
             raise MalError(f"{name}: annotation {aid} appears twice")
         if a.get("image_id") != r.image_id:

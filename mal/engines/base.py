@@ -37,7 +37,7 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
                       progress: bool = True, shard: str | tuple[int, int] | None = None,
                       resume: bool = False, work_dir: str | Path | None = None,
                       chunk_images: int = 64, keep_parts: bool = False,
-                      strict: bool = False) -> LabelSummary:
+                      strict: bool = False, keep_masks: str | Path | dict | None = None) -> LabelSummary:
     """Give every box in ``annotations`` a mask from ``engine`` and write a COCO file to ``out``.
 
     Images are read in ``num_workers`` DataLoader worker processes; the engine runs in this process.
@@ -47,8 +47,9 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
     is done. An unreadable image raises :class:`mal.labeling.label.LabelError` naming it, unless
     ``skip_bad_images`` (then its annotations are left out and it is listed in the summary).
     ``shard``, ``resume``, ``work_dir``, ``chunk_images``, ``keep_parts``: see
-    :func:`mal.labeling.loop.label_in_chunks`. ``strict``: as in :func:`mal.labeling.label.label`.
+    :func:`mal.labeling.loop.label_in_chunks`. ``strict``, ``keep_masks``: as in
+    :func:`mal.labeling.label.label`.
     """
     return label(engine, images, annotations, out, num_workers=num_workers, skip_bad_images=skip_bad_images,
                  progress=progress, shard=shard, resume=resume, work_dir=work_dir, chunk_images=chunk_images,
-                 keep_parts=keep_parts, strict=strict)
+                 keep_parts=keep_parts, strict=strict, keep_masks=keep_masks)

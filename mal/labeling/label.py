@@ -37,7 +37,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
           keep_parts: bool = False, strict: bool = False, tta: bool = False,
-          keep_masks: str | Path | dict | None = None) -> LabelSummary:
+          keep_masks: str | Path | dict | None = None, keep_reviewed_only: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     ``model``: the trained labeler (a :class:`~mal.modeling.labeler.MaskLabeler`, its ONNX export, or
@@ -52,12 +52,13 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     mirror and average the two probabilities; about twice the time, for slightly better masks
     (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict) of masks people drew or corrected for some of
     the boxes (matched as ``mal train --masks`` matches them, e.g. ``mal import``'s output): those boxes
-    get that mask, scored 1 and marked ``mal_human``, instead of the labeler's.
+    get that mask as it is, scored 1 and marked ``mal_human``, instead of the labeler's;
+    ``keep_reviewed_only``: only those marked ``mal_reviewed: true`` (changed by a person).
     """
     if tta and is_engine(model):
         raise LabelError(TTA_ENGINE_ERROR)
     data = load_boxes(annotations, images, skip_crowd=False, strict=check_strict(strict, skip_bad_images))
-    kept = None if keep_masks is None else load_given_masks(keep_masks, data)
+    kept = None if keep_masks is None else load_given_masks(keep_masks, data, reviewed_only=keep_reviewed_only)
     if is_engine(model):
         labeler = EngineLabeler(model, data)
     else:

@@ -110,8 +110,8 @@ def label_in_chunks(labeler: ImageLabeler, data: BoxDataset, out: str | Path, *,
     i, n = parse_shard(shard)
     work_dir = Path(work_dir) if work_dir is not None else Path(str(out) + ".parts")
     plan = ChunkPlan(data.groups, n, chunk_images)
-    identity = labeler.identity if keep_masks is None else {**labeler.identity, "kept_masks": keep_masks.identity()}
-    store = open_for_labeling(work_dir, plan, job_manifest(data, identity, n, chunk_images), i, resume)
+    job = job_manifest(data, labeler.identity, n, chunk_images, None if keep_masks is None else keep_masks.identity())
+    store = open_for_labeling(work_dir, plan, job, i, resume)
     chunks = plan.chunks(i)
     todo = store.todo(i)
     boxes = [sum(len(records) for _, records in chunk) for chunk in chunks]

@@ -20,11 +20,15 @@ JOB_FILE = "job.json"
 FORMAT = 2  # 2: chunk headers carry category ids and scores (the merge pools scores)
 
 
-def job_manifest(data: BoxDataset, labeler_identity: dict, shards: int, chunk_images: int) -> dict:
-    """The manifest of labeling ``data`` with a labeler of ``labeler_identity``, as it reads back from
-    job.json (tuples become lists)."""
+def job_manifest(data: BoxDataset, labeler_identity: dict, shards: int, chunk_images: int,
+                 kept_masks: dict | None = None) -> dict:
+    """The manifest of labeling ``data`` with a labeler of ``labeler_identity`` (and people's masks
+    kept, :meth:`mal.data.given_masks.GivenMasks.identity`), as it reads back from job.json (tuples
+    become lists)."""
     job = {"format": FORMAT, "input": data.source, "input_sha256": data.input_sha256,
            "labeler": labeler_identity, "shards": shards, "chunk_images": chunk_images}
+    if kept_masks is not None:
+        job["kept_masks"] = kept_masks
     return json.loads(json.dumps(job))
 
 
@@ -83,7 +87,8 @@ def open_for_merge(work_dir: str | Path, groups: list[ImageGroup], input_sha256:
 def _differences(found: dict, job: dict) -> list[str]:
     """Human-readable differences between two manifests (``input``, a path, is not compared)."""
     names = {"input_sha256": "annotations file content", "labeler": "labeler (model/engine/settings)",
-             "shards": "shard count", "chunk_images": "--chunk-images", "format": "work dir format"}
+             "shards": "shard count", "chunk_images": "--chunk-images", "format": "work dir format",
+             "kept_masks": "--keep-masks file"}
     out = []
     for key in sorted((set(found) | set(job)) - {"input"}):
         if found.get(key) != job.get(key):
