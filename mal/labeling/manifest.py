@@ -17,7 +17,7 @@ from .plan import ChunkPlan
 from .store import ChunkStore, PartsError
 
 JOB_FILE = "job.json"
-FORMAT = 2  # 2: chunk headers carry category ids and scores (the merge pools scores)
+FORMAT = 2  # 2: chunk headers carry category ids and scores (the merge shifts scores by category)
 
 
 def job_manifest(data: BoxDataset, labeler_identity: dict, shards: int, chunk_images: int,

@@ -126,7 +126,7 @@ def merge_chunks(store: ChunkStore, coco: dict, out: str | Path) -> Totals:
             offset[pos] = len(lines[0]) + 1 + np.cumsum(sizes + 1) - (sizes + 1)  # line starts
             length[pos] = sizes
             category[pos] = header["category_ids"]
-            score[pos] = np.array(header["scores"], dtype=np.float64)  # null (a fallback) -> NaN
+            score[pos] = np.array(header["scores"], dtype=np.float64)  # null (a fallback, a person's mask) -> NaN
             files.append(path)
             totals.add(header)
             skipped_boxes += sum(s["boxes"] for s in header["skipped"])
