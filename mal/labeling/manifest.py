@@ -46,10 +46,8 @@ def open_for_labeling(work_dir: str | Path, plan: ChunkPlan, job: dict, shard: i
     a work dir made for another job, and one where this shard already has chunks unless ``resume``."""
     store = ChunkStore(work_dir, plan)
     found = read_job(store.dir)
-    if found is not None and found.get("format") != job["format"]:
-        raise PartsError(f"{store.dir} was written by another version of mal (work dir format "
-                         f"{found.get('format')}, this one writes {job['format']}): delete that folder "
-                         "(or pick another --work-dir) and label again")
+    if found is not None:
+        _check_format(store.dir, found)
     if found is not None and _differences(found, job):
         raise PartsError(f"{store.dir} holds the parts of a different labeling job "
                          f"({'; '.join(_differences(found, job))}). Run the same job as before "
@@ -78,17 +76,22 @@ def open_for_merge(work_dir: str | Path, groups: list[ImageGroup], input_sha256:
     if job.get("input_sha256") != input_sha256:
         raise PartsError(f"{work_dir} was labeled from a different annotations file "
                          f"({job.get('input')}); merge with that file")
-    if job.get("format") != FORMAT:
-        raise PartsError(f"{work_dir} was written by another version of mal (work dir format "
-                         f"{job.get('format')}, this one reads {FORMAT}): delete that folder and label again")
+    _check_format(work_dir, job)
     return ChunkStore(work_dir, ChunkPlan(groups, job["shards"], job["chunk_images"]))
+
+
+def _check_format(work_dir: Path, found: dict) -> None:
+    """Refuse a work dir whose manifest ``found`` another version of mal wrote (its chunks differ)."""
+    if found.get("format") != FORMAT:
+        raise PartsError(f"{work_dir} was written by another version of mal (work dir format "
+                         f"{found.get('format')}, this one writes {FORMAT}): delete that folder "
+                         "and label again (or label into another --work-dir)")
 
 
 def _differences(found: dict, job: dict) -> list[str]:
     """Human-readable differences between two manifests (``input``, a path, is not compared)."""
     names = {"input_sha256": "annotations file content", "labeler": "labeler (model/engine/settings)",
-             "shards": "shard count", "chunk_images": "--chunk-images", "format": "work dir format",
-             "kept_masks": "--keep-masks file"}
+             "shards": "shard count", "chunk_images": "--chunk-images", "kept_masks": "--keep-masks file"}
     out = []
     for key in sorted((set(found) | set(job)) - {"input"}):
         if found.get(key) != job.get(key):
