@@ -365,7 +365,7 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
                   min_area: float | None = None, max_margin: float = 1.2, precision: str = "auto",
                   accelerator: str = "auto", devices: int | str = "auto", num_nodes: int = 1,
                   num_workers: int = 1, seed: int = 0, resume: bool = False, strict: bool = False,
-                  progress: bool = True, masks: str | Path | dict | None = None,
+                  progress: bool = True, masks: str | Path | dict | list | None = None,
                   masks_reviewed_only: bool = False) -> Path:
     """Train a mask labeler on the boxes of a COCO file; returns the run directory.
 
@@ -381,8 +381,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     default to the decoder's recipe. ``max_steps``: that many steps; None: ``epochs``, capped at the
     recipe's ``max_steps`` (the sam recipe's bounds a CPU run on dense data, where tiles multiply the frames);
     -1: ``epochs``, uncapped.
-    ``masks``: a COCO file (or dict) of human masks for some of the boxes (same annotation ids and
-    boxes, see :mod:`mal.data.given_masks`): those boxes are trained on their mask (BCE + Dice,
+    ``masks``: a COCO file (or dict, or a list of them: review rounds in order) of human masks for
+    some of the boxes (same annotation ids and boxes, see :mod:`mal.data.given_masks`): those boxes are trained on their mask (BCE + Dice,
     weighted by ``TrainConfig.mask_weight``) instead of MIL + CRF; ``masks_reviewed_only`` keeps
     only the masks marked ``mal_reviewed: true`` (by ``mal import``: changed by a person).
     """

@@ -71,6 +71,26 @@ def test_bad_masks_file_is_one_line_error_naming_the_annotation(data, change, ex
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
+def test_several_masks_files_later_rounds_win(data):
+    boxes, gt = data
+    first = _masks_file(gt, ids={1, 3})
+    blank = encode_rle(np.zeros((160, 200), bool))
+    second = _masks_file(gt, ids={3, 4}, a3=lambda a: a.update(segmentation=blank))
+    given = load_given_masks([first, second], boxes)
+    assert sorted(given.rles) == [1, 3, 4]
+    assert not given.decode(3).any()  # the second round's mask for box 3
+    assert np.array_equal(given.decode(1), decode_rle(gt["annotations"][0]["segmentation"]))
+    assert given.source == "<masks dict>, <masks dict>"
+    # one file keeps the identity it always had; the order of rounds is part of it
+    assert load_given_masks([first], boxes).identity() == load_given_masks(first, boxes).identity()
+    assert given.identity() != load_given_masks([second, first], boxes).identity()
+    # reviewed only, file by file: a round with nothing reviewed adds nothing
+    marked = _masks_file(gt, ids={2}, a2=lambda a: a.update(mal_reviewed=True))
+    assert sorted(load_given_masks([first, marked], boxes, reviewed_only=True).rles) == [2]
+    with pytest.raises(MalError, match=r"<masks dict>, <masks dict>: no masks marked mal_reviewed: true in them"):
+        load_given_masks([first, second], boxes, reviewed_only=True)
+
+
 def test_no_reviewed_masks_is_an_error(data):
     boxes, gt = data
     with pytest.raises(MalError, match="no masks marked mal_reviewed: true"):

@@ -67,13 +67,14 @@ def test_kept_masks_replace_the_labelers_verbatim(scenes, model, tmp_path):
     headers = [json.loads(c.read_text().splitlines()[0]) for c in (tmp_path / "kept.parts").glob("shard-*/chunk-*")]
     scores = {i: v for h in headers for i, v in zip(h["ann_ids"], h["scores"])}
     assert scores.keys() == kept.keys() and all((scores[i] is None) == (i in kept_ids) for i in scores)
-    # Only the masks a person changed (mal import's mal_reviewed: true), when asked.
+    # Only the masks a person changed (mal import's mal_reviewed: true), when asked, over two review rounds.
     reviewed = {**people, "annotations": [{**a, "mal_reviewed": a is people["annotations"][0]}
                                           for a in people["annotations"]]}
-    label(model, images, boxes, tmp_path / "reviewed.json", num_workers=0, progress=False, keep_masks=reviewed,
-          keep_reviewed_only=True)
+    second_round = {**people, "annotations": [{**people["annotations"][1], "mal_reviewed": True}]}
+    label(model, images, boxes, tmp_path / "reviewed.json", num_workers=0, progress=False,
+          keep_masks=[reviewed, second_round], keep_reviewed_only=True)
     human = [a["id"] for a in json.loads((tmp_path / "reviewed.json").read_text())["annotations"] if "mal_human" in a]
-    assert human == [people["annotations"][0]["id"]]
+    assert human == [people["annotations"][0]["id"], people["annotations"][1]["id"]]
     # Another file of kept masks is another job: its work dir is not resumed.
     work = tmp_path / "work"
     kw = dict(num_workers=0, progress=False, work_dir=work, chunk_images=2)

@@ -33,4 +33,4 @@ def test_readme_review_loop_commands_parse():
     for ln in lines:
         args = build_parser().parse_args(shlex.split(ln)[1:])
         if args.command == "train" and args.masks:
-            assert str(args.masks) == "reviewed.json"
+            assert [str(m) for m in args.masks] == ["reviewed.json"]

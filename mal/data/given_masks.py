@@ -1,14 +1,17 @@
-"""Human masks for some training boxes (``mal train --masks FILE``): read, matched to the boxes, checked.
+"""Human masks for some training boxes (``mal train --masks FILE [FILE ...]``, ``mal label --keep-masks``):
+read, matched to the boxes, checked.
 
-The masks file is a COCO file (polygons or RLE) whose annotations are some of the boxes file's, by
+A masks file is a COCO file (polygons or RLE) whose annotations are some of the boxes file's, by
 annotation id, on the same image with the same box: e.g. a pilot's hand-drawn polygons, or the output
 of ``mal import`` after a review. Every problem is a one-line :class:`MalError` naming the annotation,
 raised before any training starts. ``mal_reviewed`` (written by ``mal import``) is true where a person
-changed the mask; ``reviewed_only`` keeps only those.
+changed the mask; ``reviewed_only`` keeps only those. Several files (review rounds) are read in order:
+a box's mask in a later file replaces the one in an earlier file.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +25,8 @@ from .coco import BoxDataset, dict_sha256
 @dataclass(frozen=True)
 class GivenMasks:
     """``rles``: annotation id -> compressed COCO RLE at its image's size; ``sha256`` of the file's
-    canonical JSON (what --resume checks), ``source`` its name, ``reviewed_only`` how it was read."""
+    canonical JSON (of the files' hashes in order, for several; what --resume checks), ``source`` its
+    name(s), ``reviewed_only`` how it was read."""
     rles: dict
     source: str
     sha256: str
@@ -38,9 +42,27 @@ class GivenMasks:
         return None if rle is None else mask_utils.decode(rle).astype(bool)
 
 
-def load_given_masks(src: str | os.PathLike | dict, data: BoxDataset, *, reviewed_only: bool = False) -> GivenMasks:
-    """Read the masks file ``src`` (path or COCO dict) against the training boxes ``data``."""
-    coco, name = load_coco(src, "masks")
+def load_given_masks(src: str | os.PathLike | dict | Sequence, data: BoxDataset, *,
+                     reviewed_only: bool = False) -> GivenMasks:
+    """Read the masks file ``src`` (path or COCO dict), or several in order (a list: a later file's mask
+    for a box replaces an earlier file's), against the training boxes ``data``."""
+    srcs = list(src) if isinstance(src, (list, tuple)) else [src]
+    rles: dict = {}
+    names, hashes = [], []
+    for one in srcs:
+        coco, name = load_coco(one, "masks")
+        rles.update(_read_masks(coco, name, data, reviewed_only))
+        names.append(name)
+        hashes.append(dict_sha256(coco))
+    if not rles:
+        which = " marked mal_reviewed: true" if reviewed_only else ""
+        raise MalError(f"{', '.join(names)}: no masks{which} in {'it' if len(names) == 1 else 'them'}")
+    sha = hashes[0] if len(hashes) == 1 else dict_sha256(hashes)  # one file: the same identity as ever
+    return GivenMasks(rles, ", ".join(names), sha, reviewed_only)
+
+
+def _read_masks(coco: dict, name: str, data: BoxDataset, reviewed_only: bool) -> dict:
+    """One masks file's ``{annotation id: RLE}``, each checked against its box in ``data``."""
     boxes = {r.ann_id: r for r in data.records}
     rles: dict = {}
     for a in coco["annotations"]:
@@ -67,10 +89,7 @@ def load_given_masks(src: str | os.PathLike | dict, data: BoxDataset, *, reviewe
             mask_utils.decode(rles[aid])
         except Exception as e:  # pycocotools' ValueError, or anything else on garbage
             raise MalError(f"{name}: annotation {aid}: cannot decode its RLE: {e}") from e
-    if not rles:
-        which = " marked mal_reviewed: true" if reviewed_only else ""
-        raise MalError(f"{name}: no masks{which} in it")
-    return GivenMasks(rles, name, dict_sha256(coco), reviewed_only)
+    return rles
 
 
 def _same_box(a, b) -> bool:

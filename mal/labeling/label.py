@@ -37,7 +37,7 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
           shard: str | tuple[int, int] | None = None, resume: bool = False,
           work_dir: str | Path | None = None, chunk_images: int = 64,
           keep_parts: bool = False, strict: bool = False, tta: bool = False,
-          keep_masks: str | Path | dict | None = None, keep_reviewed_only: bool = False) -> LabelSummary:
+          keep_masks: str | Path | dict | list | None = None, keep_reviewed_only: bool = False) -> LabelSummary:
     """Give every box in ``annotations`` a mask and write a COCO file to ``out``.
 
     ``model``: the trained labeler (a :class:`~mal.modeling.labeler.MaskLabeler`, its ONNX export, or
@@ -50,8 +50,9 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     every skip or fallback on bad input (a clipped box, an image whose COCO size is its stored,
     un-rotated size) is an error. ``tta`` (trained labeler only): also decode each image's left-right
     mirror and average the two probabilities; about twice the time, for slightly better masks
-    (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict) of masks people drew or corrected for some of
-    the boxes (matched as ``mal train --masks`` matches them, e.g. ``mal import``'s output): those boxes
+    (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict, or a list of them: review rounds in order) of masks
+    people drew or corrected for some of the boxes (read as ``mal train --masks`` reads them, e.g.
+    ``mal import``'s output): those boxes
     get that mask as it is, scored 1 and marked ``mal_human``, instead of the labeler's;
     ``keep_reviewed_only``: only those marked ``mal_reviewed: true`` (changed by a person).
     """
