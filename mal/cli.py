@@ -293,7 +293,7 @@ def add_train_parser(subparsers) -> None:
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
                         "unreadable images) instead of warning")
-    t.add_argument("--masks", type=Path, nargs="+", metavar="FILE",
+    t.add_argument("--masks", type=Path, nargs="+", action="extend", metavar="FILE",
                    help="COCO file(s) of human masks (polygons or RLE) for some of the boxes, same annotation ids "
                    "and boxes (e.g. from mal import; several: review rounds in order, a later file's mask for a "
                    "box replacing an earlier one): those boxes are trained on their mask (weight --mask-weight)")
@@ -340,7 +340,7 @@ def add_label_parser(subparsers) -> None:
                     help="images per durable chunk: a killed run loses at most one chunk per shard")
     lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
     lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
-    lb.add_argument("--keep-masks", type=Path, nargs="+", metavar="FILE",
+    lb.add_argument("--keep-masks", type=Path, nargs="+", action="extend", metavar="FILE",
                     help="COCO file(s) of masks people drew or corrected for some of the boxes (e.g. `mal import`'s "
                          "output, read as mal train --masks reads them): those boxes keep them, scored 1 and "
                          "marked mal_human, instead of the labeler's masks")

@@ -83,7 +83,7 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class MALModule(L.LightningModule):
     """Student trained by gradient; teacher = EMA of the student, used for the CRF target and
-    exported as the final labeler. ``given_masks``: the identity of ``mal train --masks``'s file
+    exported as the final labeler. ``given_masks``: the identity of ``mal train --masks``'s files
     (:meth:`GivenMasks.identity`), kept in the checkpoint for --resume to compare."""
 
     def __init__(self, labeler: dict, train: dict, weights: str | None = None, strict_weights: bool = True,
@@ -382,8 +382,8 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     recipe's ``max_steps`` (the sam recipe's bounds a CPU run on dense data, where tiles multiply the frames);
     -1: ``epochs``, uncapped.
     ``masks``: a COCO file (or dict, or a list of them: review rounds in order) of human masks for
-    some of the boxes (same annotation ids and boxes, see :mod:`mal.data.given_masks`): those boxes are trained on their mask (BCE + Dice,
-    weighted by ``TrainConfig.mask_weight``) instead of MIL + CRF; ``masks_reviewed_only`` keeps
+    some of the boxes (same annotation ids and boxes, see :mod:`mal.data.given_masks`): those boxes
+    are trained on their mask (BCE + Dice, weighted by ``TrainConfig.mask_weight``) instead of MIL + CRF; ``masks_reviewed_only`` keeps
     only the masks marked ``mal_reviewed: true`` (by ``mal import``: changed by a person).
     """
     out = Path(out)

@@ -91,6 +91,17 @@ def test_several_masks_files_later_rounds_win(data):
         load_given_masks([first, second], boxes, reviewed_only=True)
 
 
+def test_cli_takes_masks_files_in_order_repeated_flags_included():
+    from mal.cli import build_parser
+    parse = build_parser().parse_args
+    train = parse(["train", "--images", "I", "--annotations", "b.json", "--out", "R",
+                   "--masks", "r1.json", "r2.json", "--masks", "r3.json"])
+    assert [str(m) for m in train.masks] == ["r1.json", "r2.json", "r3.json"]
+    lab = parse(["label", "--model", "R", "--images", "I", "--annotations", "b.json", "--out", "m.json",
+                 "--keep-masks", "r1.json", "--keep-masks", "r2.json"])
+    assert [str(m) for m in lab.keep_masks] == ["r1.json", "r2.json"]
+
+
 def test_no_reviewed_masks_is_an_error(data):
     boxes, gt = data
     with pytest.raises(MalError, match="no masks marked mal_reviewed: true"):

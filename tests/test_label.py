@@ -80,8 +80,10 @@ def test_kept_masks_replace_the_labelers_verbatim(scenes, model, tmp_path):
     kw = dict(num_workers=0, progress=False, work_dir=work, chunk_images=2)
     label(model, images, boxes, tmp_path / "a.json", shard="0/2", keep_masks=people, **kw)
     other = {**people, "annotations": people["annotations"][:1]}
-    with pytest.raises(PartsError, match="--keep-masks file differs"):
+    with pytest.raises(PartsError, match=r"--keep-masks file\(s\) differs"):
         label(model, images, boxes, tmp_path / "a.json", shard="1/2", keep_masks=other, **kw)
+    with pytest.raises(PartsError, match=r"--keep-masks file\(s\) differs"):  # a round added
+        label(model, images, boxes, tmp_path / "a.json", shard="1/2", keep_masks=[people, other], **kw)
     bad = {**people, "annotations": [{**people["annotations"][0], "id": 999}]}
     with pytest.raises(MalError, match="annotation 999 is not a box of"):
         label(model, images, boxes, tmp_path / "bad.json", num_workers=0, progress=False, keep_masks=bad)

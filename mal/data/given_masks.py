@@ -1,12 +1,13 @@
-"""Human masks for some training boxes (``mal train --masks FILE [FILE ...]``, ``mal label --keep-masks``):
-read, matched to the boxes, checked.
+"""Human masks for some of the boxes (``mal train --masks FILE [FILE ...]``, ``mal label --keep-masks
+FILE [FILE ...]``): read, matched to the boxes, checked.
 
 A masks file is a COCO file (polygons or RLE) whose annotations are some of the boxes file's, by
 annotation id, on the same image with the same box: e.g. a pilot's hand-drawn polygons, or the output
 of ``mal import`` after a review. Every problem is a one-line :class:`MalError` naming the annotation,
 raised before any training starts. ``mal_reviewed`` (written by ``mal import``) is true where a person
 changed the mask; ``reviewed_only`` keeps only those. Several files (review rounds) are read in order:
-a box's mask in a later file replaces the one in an earlier file.
+a box's mask in a later file replaces the one in an earlier file (with ``reviewed_only``, a later mask
+not marked reviewed is left out first, so it replaces nothing).
 """
 from __future__ import annotations
 

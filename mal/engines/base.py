@@ -37,7 +37,7 @@ def label_with_engine(engine: Engine, images: str | Path, annotations: str | Pat
                       progress: bool = True, shard: str | tuple[int, int] | None = None,
                       resume: bool = False, work_dir: str | Path | None = None,
                       chunk_images: int = 64, keep_parts: bool = False,
-                      strict: bool = False, keep_masks: str | Path | dict | None = None) -> LabelSummary:
+                      strict: bool = False, keep_masks: str | Path | dict | list | None = None) -> LabelSummary:
     """Give every box in ``annotations`` a mask from ``engine`` and write a COCO file to ``out``.
 
     Images are read in ``num_workers`` DataLoader worker processes; the engine runs in this process.

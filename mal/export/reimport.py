@@ -58,7 +58,7 @@ class ImportResult:
                     f"{self.drawn} regions drawn from scratch (no box)")
         else:
             left = f"left out: {self.not_submitted} images without a mask folder, {self.deleted} mask files deleted"
-        return head + left + f"  (next: mal train --masks {self.out} ...)"
+        return head + left + f"  (next: mal train --masks [earlier rounds' files] {self.out} ...)"
 
 
 def import_masks(pred, source, out, format: str = "label-studio") -> ImportResult:

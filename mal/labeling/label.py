@@ -50,10 +50,10 @@ def label(model: MaskLabeler | str | Path, images: str | Path, annotations: str 
     every skip or fallback on bad input (a clipped box, an image whose COCO size is its stored,
     un-rotated size) is an error. ``tta`` (trained labeler only): also decode each image's left-right
     mirror and average the two probabilities; about twice the time, for slightly better masks
-    (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict, or a list of them: review rounds in order) of masks
-    people drew or corrected for some of the boxes (read as ``mal train --masks`` reads them, e.g.
-    ``mal import``'s output): those boxes
-    get that mask as it is, scored 1 and marked ``mal_human``, instead of the labeler's;
+    (BENCHMARKS.md). ``keep_masks``: a COCO file (or dict, or a list of them: review rounds in order)
+    of masks people drew or corrected for some of the boxes (read as ``mal train --masks`` reads them,
+    e.g. ``mal import``'s output): those boxes get that mask as it is, scored 1 and marked
+    ``mal_human``, instead of the labeler's;
     ``keep_reviewed_only``: only those marked ``mal_reviewed: true`` (changed by a person).
     """
     if tta and is_engine(model):

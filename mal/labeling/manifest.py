@@ -91,7 +91,7 @@ def _check_format(work_dir: Path, found: dict) -> None:
 def _differences(found: dict, job: dict) -> list[str]:
     """Human-readable differences between two manifests (``input``, a path, is not compared)."""
     names = {"input_sha256": "annotations file content", "labeler": "labeler (model/engine/settings)",
-             "shards": "shard count", "chunk_images": "--chunk-images", "kept_masks": "--keep-masks file"}
+             "shards": "shard count", "chunk_images": "--chunk-images", "kept_masks": "--keep-masks file(s)"}
     out = []
     for key in sorted((set(found) | set(job)) - {"input"}):
         if found.get(key) != job.get(key):
