@@ -383,8 +383,9 @@ def train_labeler(images: str | Path, annotations: str | Path | dict, out: str |
     -1: ``epochs``, uncapped.
     ``masks``: a COCO file (or dict, or a list of them: review rounds in order) of human masks for
     some of the boxes (same annotation ids and boxes, see :mod:`mal.data.given_masks`): those boxes
-    are trained on their mask (BCE + Dice, weighted by ``TrainConfig.mask_weight``) instead of MIL + CRF; ``masks_reviewed_only`` keeps
-    only the masks marked ``mal_reviewed: true`` (by ``mal import``: changed by a person).
+    are trained on their mask (BCE + Dice, weighted by ``TrainConfig.mask_weight``) instead of MIL +
+    CRF; ``masks_reviewed_only`` keeps only the masks marked ``mal_reviewed: true`` (by ``mal import``:
+    changed by a person).
     """
     out = Path(out)
     for flag, f in (("--weights", weights), ("--neck-weights", neck_weights), ("--decoder-weights", decoder_weights)):

@@ -12,7 +12,6 @@ not marked reviewed is left out first, so it replaces nothing).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +42,7 @@ class GivenMasks:
         return None if rle is None else mask_utils.decode(rle).astype(bool)
 
 
-def load_given_masks(src: str | os.PathLike | dict | Sequence, data: BoxDataset, *,
+def load_given_masks(src: str | os.PathLike | dict | list | tuple, data: BoxDataset, *,
                      reviewed_only: bool = False) -> GivenMasks:
     """Read the masks file ``src`` (path or COCO dict), or several in order (a list: a later file's mask
     for a box replaces an earlier file's), against the training boxes ``data``."""
