@@ -225,6 +225,13 @@ def _parsers(p: argparse.ArgumentParser):
                 yield from _parsers(sp)
 
 
+def _add_masks_files(parser, flag: str, reviewed_flag: str, help: str, reviewed_help: str) -> None:
+    """A masks-files option (read by :func:`mal.data.given_masks.load_given_masks`; the flag repeated or
+    given several files: review rounds in order) and its reviewed-only switch, alike for train and label."""
+    parser.add_argument(flag, type=Path, nargs="+", action="extend", metavar="FILE", help=help)
+    parser.add_argument(reviewed_flag, action="store_true", help=reviewed_help)
+
+
 def add_train_parser(subparsers) -> None:
     """`mal train`: train a labeler from the boxes of a COCO file."""
     t = subparsers.add_parser("train", help="train a mask labeler from the boxes of a COCO file")
@@ -293,12 +300,11 @@ def add_train_parser(subparsers) -> None:
     t.add_argument("--strict", action="store_true",
                    help="stop on anything otherwise clipped or skipped (boxes partly outside their image, "
                         "unreadable images) instead of warning")
-    t.add_argument("--masks", type=Path, nargs="+", action="extend", metavar="FILE",
-                   help="COCO file(s) of human masks (polygons or RLE) for some of the boxes, same annotation ids "
-                   "and boxes (e.g. from mal import; several: review rounds in order, a later file's mask for a "
-                   "box replacing an earlier one): those boxes are trained on their mask (weight --mask-weight)")
-    t.add_argument("--masks-reviewed-only", action="store_true",
-                   help="take only the masks marked mal_reviewed: true (changed by a person in the review)")
+    _add_masks_files(t, "--masks", "--masks-reviewed-only",
+                     "COCO file(s) of human masks (polygons or RLE) for some of the boxes, same annotation ids "
+                     "and boxes (e.g. from mal import; several: review rounds in order, a later file's mask for a "
+                     "box replacing an earlier one): those boxes are trained on their mask (weight --mask-weight)",
+                     "take only the masks marked mal_reviewed: true (changed by a person in the review)")
     t.set_defaults(func=_train)
 
 
@@ -340,12 +346,11 @@ def add_label_parser(subparsers) -> None:
                     help="images per durable chunk: a killed run loses at most one chunk per shard")
     lb.add_argument("--work-dir", type=Path, help="where chunks are kept until the merge (default: OUT.parts)")
     lb.add_argument("--keep-parts", action="store_true", help="keep the work dir after the merge")
-    lb.add_argument("--keep-masks", type=Path, nargs="+", action="extend", metavar="FILE",
-                    help="COCO file(s) of masks people drew or corrected for some of the boxes (e.g. `mal import`'s "
-                         "output, read as mal train --masks reads them): those boxes keep them, scored 1 and "
-                         "marked mal_human, instead of the labeler's masks")
-    lb.add_argument("--keep-reviewed-only", action="store_true",
-                    help="with --keep-masks: keep only the masks marked mal_reviewed: true (changed by a person)")
+    _add_masks_files(lb, "--keep-masks", "--keep-reviewed-only",
+                     "COCO file(s) of masks people drew or corrected for some of the boxes (e.g. `mal import`'s "
+                     "output, read as mal train --masks reads them): those boxes keep them, scored 1 and "
+                     "marked mal_human, instead of the labeler's masks",
+                     "with --keep-masks: keep only the masks marked mal_reviewed: true (changed by a person)")
     lb.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     lb.add_argument("--strict", action="store_true",
                     help="stop on anything otherwise clipped or skipped (boxes partly outside their image)")
